@@ -1,0 +1,46 @@
+"""ddbench: a benchmark harness for dataset distillation.
+
+Plugin authors need only what is exported here: ``hookimpl`` to mark hook
+implementations and the component base classes they register.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import pluggy
+
+try:
+    __version__ = version("ddbench")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+hookimpl = pluggy.HookimplMarker("ddbench")
+
+from ddbench.components import (  # noqa: E402
+    Component,
+    DatasetSpec,
+    Distiller,
+    DistillContext,
+    Executor,
+    MIEstimator,
+    Model,
+    Objective,
+    SyntheticSet,
+)
+from ddbench.data.bundle import DataBundle  # noqa: E402
+
+__all__ = [
+    "hookimpl",
+    "Component",
+    "DataBundle",
+    "DatasetSpec",
+    "Distiller",
+    "DistillContext",
+    "Executor",
+    "MIEstimator",
+    "Model",
+    "Objective",
+    "SyntheticSet",
+    "__version__",
+]

@@ -1,0 +1,77 @@
+"""Synthetic sets on disk: safetensors (no pickle, nothing executable) plus a PNG grid."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torchvision.utils import save_image
+
+from ddbench.components import SyntheticSet
+from ddbench.data.bundle import DataBundle
+
+GRID_MAX_PER_CLASS = 10
+GRID_MAX_CLASSES = 100
+
+
+def save_synset(path: Path, synset: SyntheticSet, info: dict) -> None:
+    """Write atomically: a crash never leaves a half-written artifact under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "info": json.dumps(info, sort_keys=True),
+        "lr": json.dumps(synset.lr),
+        "epochs": json.dumps(synset.epochs),
+        "meta": json.dumps(synset.meta, default=str),
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(
+        {"images": synset.images.detach().float().cpu().contiguous(),
+         "labels": synset.labels.cpu().contiguous()},
+        str(tmp),
+        metadata=meta,
+    )
+    os.replace(tmp, path)
+
+
+def load_synset(path: Path) -> SyntheticSet:
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return SyntheticSet(
+        tensors["images"],
+        tensors["labels"],
+        lr=json.loads(meta.get("lr", "null")),
+        epochs=json.loads(meta.get("epochs", "null")),
+        meta=json.loads(meta.get("meta", "{}")),
+    )
+
+
+def save_grid(path: Path, synset: SyntheticSet, data: DataBundle) -> None:
+    """One row per class (up to 10 images each), un-normalised to pixel space."""
+    rows = []
+    per_row = 0
+    for c in range(min(data.num_classes, GRID_MAX_CLASSES)):
+        idx = (synset.labels == c).nonzero().flatten()[:GRID_MAX_PER_CLASS]
+        rows.append(idx)
+        per_row = max(per_row, len(idx))
+    if per_row == 0:
+        return
+    blank = torch.zeros(1, data.channels, *data.image_size)
+    images = []
+    for idx in rows:
+        x = data.denormalize(synset.images[idx].detach().float().cpu())
+        pad = blank.expand(per_row - len(x), -1, -1, -1)
+        images.append(torch.cat([x, pad]))
+    grid = torch.cat(images)
+    scale = max(1, 32 // max(data.image_size))  # 8x8 digits are shown 4x larger
+    if scale > 1:
+        grid = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="nearest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    save_image(grid, str(tmp), nrow=per_row, padding=2, pad_value=1.0)
+    os.replace(tmp, path)

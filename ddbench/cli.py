@@ -1,0 +1,166 @@
+"""The ``ddbench`` command line (click). Errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ddbench import __version__
+from ddbench import params as P
+from ddbench import plan as planmod
+from ddbench import protocol as proto
+from ddbench.errors import DDBenchError
+from ddbench.registry import KINDS, load_registry
+from ddbench.runner import RunOptions, prepare, run
+from ddbench.store import Store
+from ddbench.summary import summary_table
+
+D = RunOptions()
+
+
+def _registry():
+    reg = load_registry()
+    for f in reg.failures:
+        click.echo(f"ddbench: warning: plugin {f.name!r} ({f.package}) failed to load: {f.error}", err=True)
+    return reg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ddbench")
+def cli():
+    """Benchmark dataset distillation methods: run sweeps, store results, compare."""
+
+
+@cli.command("run")
+@click.option("--methods", default=",".join(D.methods), show_default=True,
+              help="Comma list of method specs base[+objective...].")
+@click.option("--datasets", default=",".join(D.datasets), show_default=True,
+              help="Comma list of datasets (name or name:ARG, e.g. imagefolder:PATH).")
+@click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True, help="Images per class, comma list.")
+@click.option("--models", default=",".join(D.models), show_default=True, help="Evaluation models, comma list.")
+@click.option("--seeds", default=",".join(map(str, D.seeds)), show_default=True, help="Distillation seeds, comma list.")
+@click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
+              help="Set a parameter (a comma list makes a sweep axis). Repeatable.")
+@click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS),
+              help="Iteration budgets: 'small' for a CPU, 'paper' for the reference budgets.")
+@click.option("--store", default=str(D.store), show_default=True, help="SQLite file for results.")
+@click.option("--data-root", default=None, help="Data folder [default: $DDBENCH_DATA or datasets/].")
+@click.option("--download", is_flag=True, help="Download missing datasets into the data root.")
+@click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--executor", default=D.executor, show_default=True, help="Executor plugin.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def run_cmd(methods, datasets, ipc, models, seeds, sets, preset, store, data_root, download,
+            device, executor, dry_run, quiet):
+    """Run the cross-product methods × datasets × IPC × models × seeds × sweeps."""
+    options = RunOptions(
+        methods=planmod.split_list(methods),
+        datasets=planmod.split_list(datasets),
+        ipcs=planmod.parse_int_list(ipc, "ipc", 1),
+        models=planmod.split_list(models),
+        seeds=planmod.parse_int_list(seeds, "seed", 0),
+        sets=list(sets), preset=preset, store=Path(store),
+        data_root=Path(data_root) if data_root else None, download=download,
+        device=device, executor=executor, dry_run=dry_run, progress=not quiet,
+    )
+    for what, values in (("methods", options.methods), ("datasets", options.datasets),
+                         ("models", options.models)):
+        if not values:
+            raise DDBenchError(f"--{what} is empty")
+    registry = _registry()
+    if dry_run:
+        _dry_run(options, registry)
+        return
+    summary = run(options, registry, command="ddbench " + " ".join(sys.argv[1:]))
+    click.echo(summary_table(summary.jobs, summary.rows))
+    click.echo(f"\nstore: {options.store} (run {summary.run_id}; {summary.ran} evaluation(s) run, "
+               f"{summary.skipped} already stored, {summary.failed} failed)")
+    if summary.failed:
+        for r in summary.rows:
+            if r["status"] != "ok":
+                click.echo(f"failed: {r['method']} {r['dataset']} ipc={r['ipc']} seed={r['seed']} "
+                           f"{r['model']} #{r['eval_index']}: {r['error']}", err=True)
+                break
+
+
+def _dry_run(options: RunOptions, registry) -> None:
+    prepared = prepare(options, registry)
+    done: set[str] = set()
+    if Path(options.store).exists():
+        st = Store(Path(options.store))
+        done = st.done_cells(c.key for j in prepared.jobs for c in j.cells)
+        st.close()
+    from tabulate import tabulate
+
+    rows = []
+    for job in prepared.jobs:
+        n_done = sum(c.key in done for c in job.cells)
+        models = sorted({c.model_label for c in job.cells})
+        rows.append([job.label, job.dataset_spec, job.ipc_label, job.seed, ",".join(models),
+                     len(job.cells), n_done, job.key[:10]])
+    click.echo(tabulate(rows, headers=["method", "dataset", "ipc", "seed", "models", "cells",
+                                       "stored", "key"], disable_numparse=True))
+    total = sum(len(j.cells) for j in prepared.jobs)
+    click.echo(f"\n{len(prepared.jobs)} synthetic set(s), {total} evaluation cell(s), "
+               f"{len(done)} already stored, {total - len(done)} to run "
+               f"(preset {options.preset}, device {prepared.device})")
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice([*KINDS, "eval"]))
+def list_cmd(kind):
+    """Show every registered component with its origin and parameters."""
+    registry = _registry()
+    kinds = [kind] if kind else [*KINDS, "eval"]
+    for k in kinds:
+        if k == "eval":
+            click.echo(f"eval (the protocol, {proto.NAME}/v{proto.VERSION}; set with --set eval.PARAM=V)")
+            click.echo(_params_line(proto.ProtocolParams, proto.PRESETS))
+            continue
+        click.echo(k)
+        entries = registry.entries(k)
+        if not entries:
+            click.echo("  (none registered)")
+        for e in entries:
+            click.echo(f"  {e.name:<14} {e.cls.summary()}")
+            click.echo(f"  {'':<14} from {e.origin}")
+            line = _params_line(e.cls.Params, e.cls.presets)
+            if line:
+                click.echo(line)
+        click.echo("")
+    if registry.failures:
+        click.echo("plugins that failed to load")
+        for f in registry.failures:
+            click.echo(f"  {f.name:<14} {f.package}: {f.error}")
+
+
+def _params_line(params_cls, presets) -> str:
+    parts = []
+    for info in P.fields(params_cls):
+        text = f"{info.name}={info.default}"
+        by_preset = [f"{p}: {v[info.name]}" for p, v in presets.items() if info.name in v]
+        if by_preset:
+            text += f" ({'; '.join(by_preset)})"
+        if info.choices:
+            text += " {" + "|".join(map(str, info.choices)) + "}"
+        parts.append(text)
+    return ("  " + " " * 15 + "params: " + ", ".join(parts)) if parts else ""
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="ddbench", standalone_mode=False)
+    except DDBenchError as exc:
+        click.echo(f"ddbench: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("ddbench: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"ddbench: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("\nddbench: interrupted; finished cells are stored, run again to resume", err=True)
+        sys.exit(130)

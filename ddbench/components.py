@@ -1,0 +1,192 @@
+"""Base classes of every component kind, and the objects that pass between them.
+
+A component is a class with a unique ``name``, an optional ``Params`` dataclass and
+optional ``presets`` (preset name -> parameter defaults). The registry instantiates it
+with resolved parameters; the core never refers to a component by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ddbench.data.bundle import DataBundle
+
+
+class Component:
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    Params: ClassVar[type | None] = None
+    #: preset name -> {param: value}; applied over the Params defaults, under --set
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, params=None):
+        self.params = params
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+# --------------------------------------------------------------------------- distillers
+
+
+@dataclass
+class SyntheticSet:
+    """What a distiller returns: images in the bundle's normalised space, hard labels, and
+    optionally a learned learning rate that the evaluation protocol then uses."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float | None = None
+    #: passes over the set for evaluation when the set is not tiny (``full``); None = protocol's
+    epochs: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, data: DataBundle, who: str) -> None:
+        """Reject malformed output with an error naming the plugin, before it is evaluated."""
+        from ddbench.errors import DDBenchError
+
+        def bad(msg):
+            return DDBenchError(f"distiller {who!r} returned an invalid synthetic set: {msg}")
+
+        x, y = self.images, self.labels
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise bad("images and labels must be tensors")
+        shape = (data.channels, *data.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            raise bad(f"images have shape {tuple(x.shape)}, expected (N, {', '.join(map(str, shape))})")
+        if not x.is_floating_point():
+            raise bad(f"images have dtype {x.dtype}, expected a floating dtype")
+        if y.dtype != torch.long or y.shape != (x.shape[0],):
+            raise bad(f"labels must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= data.num_classes):
+            raise bad(f"labels outside [0, {data.num_classes})")
+        if not torch.isfinite(x).all():
+            raise bad("images contain NaN or inf")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad(f"learned lr {self.lr} is not a positive number")
+
+
+@dataclass
+class StepContext:
+    """What a distiller exposes to its objectives at one outer step.
+
+    ``features(x)`` maps images to the per-layer features of the network the distiller
+    uses at this step (a list, shallow to deep); the synthetic images carry gradients.
+    """
+
+    features: Callable[[torch.Tensor], list[torch.Tensor]]
+    syn_images: torch.Tensor
+    syn_labels: torch.Tensor
+    real_images: torch.Tensor
+    real_labels: torch.Tensor
+    step: int
+    num_classes: int
+
+
+@dataclass
+class DistillContext:
+    """Everything a distiller gets: data, budget, seed, device, objectives and helpers."""
+
+    data: DataBundle
+    ipc: int
+    seed: int
+    device: torch.device
+    objectives: list[Objective]
+    build_model: Callable[..., nn.Module]
+    progress: Callable[[int, int], None] = lambda step, total: None
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + salt) % (2**63))
+        return g
+
+    def objectives_loss(self, step: StepContext) -> torch.Tensor | float:
+        """Weighted sum of the attached objectives' losses at this step (0 when none)."""
+        total: torch.Tensor | float = 0.0
+        for obj in self.objectives:
+            total = total + obj.weight() * obj.loss(step)
+        return total
+
+    @staticmethod
+    def check_finite(loss: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at iteration {step}")
+
+
+class Distiller(Component):
+    """Base class: turn a DataBundle into a SyntheticSet of ``ipc`` images per class."""
+
+    kind = "distillers"
+    #: False for methods whose output does not depend on IPC (``full``): the plan
+    #: then runs them once per dataset and shows IPC as "all".
+    uses_ipc: ClassVar[bool] = True
+    #: False when the output is not worth storing (``full`` returns the training split)
+    save_artifact: ClassVar[bool] = True
+
+    def distill(self, ctx: DistillContext) -> SyntheticSet:
+        raise NotImplementedError(f"{type(self).__name__}.distill")
+
+
+class Objective(Component):
+    """Base class: an auxiliary loss added to a distiller's loss (``base+name``)."""
+
+    kind = "objectives"
+
+    def setup(self, ctx: DistillContext) -> list[torch.nn.Parameter]:
+        """Called once before distillation; returns extra trainable parameters (e.g. heads)."""
+        return []
+
+    def weight(self) -> float:
+        return float(getattr(self.params, "weight", 1.0)) if self.params is not None else 1.0
+
+    def loss(self, step: StepContext) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__}.loss")
+
+
+class MIEstimator(Component):
+    """Base class: a lower bound on mutual information (nats) from critic scores."""
+
+    kind = "mi_estimators"
+
+    def estimate(self, scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """``scores[i, j]`` critic value of anchor i with candidate j; ``positive`` a bool mask."""
+        raise NotImplementedError(f"{type(self).__name__}.estimate")
+
+
+class Model(Component):
+    """Base class: builds a network exposing ``features(x)`` (per block) and ``embed(x)``."""
+
+    kind = "models"
+
+    def build(self, channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+
+class DatasetSpec(Component):
+    """Base class: loads a dataset into a DataBundle (train/test tensors, classes, stats)."""
+
+    kind = "datasets"
+    #: True for datasets named with an argument, e.g. ``imagefolder:PATH``
+    takes_argument: ClassVar[bool] = False
+
+    def load(self, arg: str | None, root, download: bool) -> DataBundle:
+        raise NotImplementedError(f"{type(self).__name__}.load")
+
+
+class Executor(Component):
+    """Base class: runs independent tasks; only the driver writes results."""
+
+    kind = "executors"
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        raise NotImplementedError(f"{type(self).__name__}.map")

@@ -1,0 +1,1 @@
+"""Datasets: the DataBundle every distiller sees, the built-in loaders and their cache."""

@@ -1,0 +1,63 @@
+"""DataBundle: a dataset's train/test tensors, normalised, with its classes and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DataBundle:
+    """Train and test splits as float tensors normalised with ``mean``/``std``.
+
+    ``name`` is the dataset spec as given (e.g. ``digits``, ``imagefolder:/data/c10``).
+    ``dsa_strategy`` is the dataset's default DSA strategy: the reference drops ``flip``
+    for digit datasets (MNIST, SVHN), where a flip changes the class.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    _by_class: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (int(self.x_train.shape[2]), int(self.x_train.shape[3]))
+
+    def class_indices(self, c: int) -> torch.Tensor:
+        """Indices of training images of class ``c`` (computed once)."""
+        if self._by_class is None:
+            order = torch.argsort(self.y_train, stable=True)
+            counts = torch.bincount(self.y_train, minlength=self.num_classes).tolist()
+            self._by_class = list(torch.split(order, counts))
+        return self._by_class[c]
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.y_train, minlength=self.num_classes).tolist()
+
+    def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` random training images of class ``c`` without replacement (all if fewer)."""
+        idx = self.class_indices(c)
+        perm = torch.randperm(len(idx), generator=generator)[:n]
+        return self.x_train[idx[perm]]
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Back to [0, 1] pixel space, for viewing."""
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)

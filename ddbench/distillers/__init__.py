@@ -1,0 +1,1 @@
+"""Built-in distillers, each registered through ``register_distillers`` like a plugin."""

@@ -1,0 +1,1 @@
+"""Executors run the jobs of a sweep; the driver alone writes results."""

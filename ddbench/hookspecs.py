@@ -1,0 +1,51 @@
+"""Hook specifications: the only way components enter ddbench.
+
+Every hook of the ``register_*`` family receives a ``register`` callback and calls it
+once per component class it provides (the pattern of simonw's llm): built-ins and
+third-party packages use exactly the same hooks.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("ddbench")
+
+
+@hookspec
+def register_distillers(register):
+    """Register distiller classes (subclasses of ``ddbench.Distiller``)."""
+
+
+@hookspec
+def register_objectives(register):
+    """Register objective classes (auxiliary losses attached with ``base+objective``)."""
+
+
+@hookspec
+def register_mi_estimators(register):
+    """Register mutual-information estimator classes (``ddbench.MIEstimator``)."""
+
+
+@hookspec
+def register_models(register):
+    """Register model classes (``ddbench.Model``): evaluation/distillation architectures."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register dataset classes (``ddbench.DatasetSpec``)."""
+
+
+@hookspec
+def register_executors(register):
+    """Register executor classes (``ddbench.Executor``) that run the cells of a sweep."""
+
+
+@hookspec
+def cell_finished(record):
+    """Called by the driver after each evaluation row is stored (for loggers).
+
+    ``record`` is a dict with the row as stored: key, method, dataset, ipc, seed, model,
+    eval_index, status, accuracy, error, seconds, peak memory, protocol and versions.
+    """

@@ -1,0 +1,1 @@
+"""Architectures for distillation and evaluation, registered through ``register_models``."""

@@ -1,0 +1,308 @@
+"""From command-line choices to the plan: synthetic-set jobs and their evaluation cells.
+
+A method spec is ``base[+objective...]``. ``--set NS.PARAM=V`` overrides a parameter of
+the component named NS (a distiller, objective, model, dataset, or ``eval`` for the
+protocol); ``--set NS.PARAM=V1,V2`` makes a sweep axis of the cross-product. Parameters
+resolve as: the component's defaults (the reference's values), then its preset values,
+then ``--set``.
+
+Keys are content hashes of everything that determines a result. Random seeds come from
+the user's seed and the data coordinates (dataset, conditions, IPC) but not the method,
+so two methods with the same seed start from the same real images and evaluate with the
+same network initialisations: a paired design.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddbench import params as P
+from ddbench import protocol as proto
+from ddbench.errors import DDBenchError
+from ddbench.registry import Entry, Registry
+
+PRESETS = ("small", "paper")
+CONDITIONS = "clean"
+
+
+def digest(obj: Any, n: int = 20) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def seed_of(*parts: Any) -> int:
+    return int(digest(parts, 15), 16)
+
+
+# ------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    text: str
+    base: str
+    objectives: tuple[str, ...]
+
+
+def parse_method(text: str, registry: Registry) -> MethodSpec:
+    parts = [p.strip() for p in text.split("+")]
+    if not all(parts):
+        raise DDBenchError(f"malformed method {text!r}: expected base[+objective...], e.g. dm+mim")
+    registry.get("distillers", parts[0])
+    for obj in parts[1:]:
+        registry.get("objectives", obj)
+    if len(set(parts[1:])) != len(parts[1:]):
+        raise DDBenchError(f"method {text!r} attaches the same objective twice")
+    return MethodSpec(text, parts[0], tuple(parts[1:]))
+
+
+def parse_sets(items: list[str]) -> dict[tuple[str, str], list[str]]:
+    """``["dm.lr_img=0.5,1"]`` -> ``{("dm", "lr_img"): ["0.5", "1"]}``."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        ns, dot, name = key.strip().partition(".")
+        values = [v.strip() for v in value.split(",")]
+        if not sep or not dot or not ns or not name or not all(values):
+            raise DDBenchError(
+                f"malformed --set {item!r}: expected NAME.PARAM=VALUE[,VALUE...], e.g. dm.lr_img=0.5,1"
+            )
+        if (ns, name) in out:
+            raise DDBenchError(f"--set {ns}.{name} is given twice")
+        out[(ns, name)] = values
+    return out
+
+
+def parse_int_list(text: str, what: str, minimum: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DDBenchError(f"invalid {what} {text!r}: expected integers, e.g. 1,10") from None
+    if not values:
+        raise DDBenchError(f"invalid {what} {text!r}: expected at least one integer")
+    for v in values:
+        if v < minimum:
+            raise DDBenchError(f"invalid {what} {v}: must be >= {minimum}")
+    return list(dict.fromkeys(values))
+
+
+def split_list(text: str) -> list[str]:
+    return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+
+
+# ------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A component with concrete parameters; ``swept`` holds the values of sweep axes."""
+
+    entry: Entry
+    params: Any
+    swept: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def params_dict(self) -> dict:
+        return P.as_dict(self.params)
+
+    def instance(self):
+        return self.entry.cls(self.params)
+
+    @property
+    def label(self) -> str:
+        if not self.swept:
+            return self.name
+        return self.name + "[" + ",".join(f"{k}={v}" for k, v in self.swept) + "]"
+
+
+class Resolver:
+    """Resolves component parameters from preset + ``--set``; tracks which names were used."""
+
+    def __init__(self, registry: Registry, preset: str, sets: dict[tuple[str, str], list[str]]):
+        if preset not in PRESETS:
+            raise DDBenchError(f"unknown preset {preset!r}; valid choices: {', '.join(PRESETS)}")
+        self.registry = registry
+        self.preset = preset
+        self.sets = sets
+        self.used: set[str] = set()
+
+    def _parsed(self, ns: str, params_cls) -> dict[str, list[Any]]:
+        self.used.add(ns)
+        raw = {k: v for (n, k), v in self.sets.items() if n == ns}
+        out = {}
+        for key, values in raw.items():
+            out[key] = [P.parse_overrides(params_cls, {key: v}, ns)[key] for v in values]
+        return out
+
+    def variants(self, kind: str, name: str) -> list[Resolved]:
+        """Every parameter combination of component ``name`` (one unless swept)."""
+        entry = self.registry.get(kind, name)
+        parsed = self._parsed(name, entry.cls.Params)
+        base = dict(entry.cls.presets.get(self.preset, {}))
+        axes = {k: v for k, v in parsed.items() if len(v) > 1}
+        fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
+        out = []
+        for combo in itertools.product(*axes.values()):
+            swept = tuple(zip(axes.keys(), combo))
+            params = P.build(entry.cls.Params, {**base, **fixed, **dict(swept)}, name)
+            out.append(Resolved(entry, params, swept))
+        return out
+
+    def single(self, kind: str, name: str) -> Resolved:
+        """The component with its non-swept parameters (for distillation-time models)."""
+        entry = self.registry.get(kind, name)
+        parsed = self._parsed(name, entry.cls.Params)
+        base = dict(entry.cls.presets.get(self.preset, {}))
+        fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
+        return Resolved(entry, P.build(entry.cls.Params, {**base, **fixed}, name))
+
+    def protocols(self) -> list[tuple[proto.Protocol, tuple]]:
+        parsed = self._parsed(proto.NAMESPACE, proto.ProtocolParams)
+        base = dict(proto.PRESETS[self.preset])
+        axes = {k: v for k, v in parsed.items() if len(v) > 1}
+        fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
+        out = []
+        for combo in itertools.product(*axes.values()):
+            swept = tuple(zip(axes.keys(), combo))
+            params = P.build(proto.ProtocolParams, {**base, **fixed, **dict(swept)}, proto.NAMESPACE)
+            if params.num_eval < 1 or params.epochs < 0:
+                raise DDBenchError("eval.num_eval must be >= 1 and eval.epochs >= 0")
+            out.append((proto.Protocol(params, self.preset), swept))
+        return out
+
+    def check_all_used(self) -> None:
+        for ns, key in self.sets:
+            if ns not in self.used:
+                raise DDBenchError(
+                    f"--set {ns}.{key}: {ns!r} is not a component of this run; "
+                    f"valid names: {', '.join(sorted(self.used))}"
+                )
+
+
+# ------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Cell:
+    """One evaluation: a model trained with a protocol on a synthetic set (one row)."""
+
+    key: str
+    model: Resolved
+    protocol: proto.Protocol
+    protocol_swept: tuple
+    eval_index: int
+    seed: int
+
+    @property
+    def model_label(self) -> str:
+        lab = self.model.label
+        if self.protocol_swept:
+            lab += " eval[" + ",".join(f"{k}={v}" for k, v in self.protocol_swept) + "]"
+        return lab
+
+
+@dataclass
+class Job:
+    """One synthetic set: (method, params, dataset, conditions, IPC, seed) and its cells."""
+
+    key: str
+    method: MethodSpec
+    base: Resolved
+    objectives: list[Resolved]
+    dataset: Resolved
+    dataset_spec: str
+    dataset_arg: str | None
+    ipc: int | None  # None: the method ignores IPC (``full``)
+    seed: int
+    rng_seed: int
+    distill_models: dict[str, Resolved]
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        parts = [self.base.label] + [o.label for o in self.objectives]
+        return "+".join(parts)
+
+    @property
+    def ipc_label(self) -> str:
+        return "all" if self.ipc is None else str(self.ipc)
+
+    def params_record(self) -> dict:
+        return {
+            self.base.name: self.base.params_dict(),
+            **{o.name: o.params_dict() for o in self.objectives},
+        }
+
+
+def _model_refs(resolved: Resolved) -> list[str]:
+    """Model names a distiller will build (its ``model`` parameter, by convention)."""
+    name = getattr(resolved.params, "model", None)
+    return [name] if isinstance(name, str) else []
+
+
+def build_plan(
+    registry: Registry,
+    resolver: Resolver,
+    methods: list[str],
+    datasets: list[Resolved],
+    dataset_specs: list[tuple[str, str | None]],
+    ipcs: list[int],
+    models: list[str],
+    seeds: list[int],
+) -> list[Job]:
+    specs = [parse_method(m, registry) for m in methods]
+    model_variants = [v for m in models for v in resolver.variants("models", m)]
+    protocols = resolver.protocols()
+    jobs: list[Job] = []
+    for spec in specs:
+        for base in resolver.variants("distillers", spec.base):
+            obj_variants = [resolver.variants("objectives", o) for o in spec.objectives]
+            for objs in itertools.product(*obj_variants):
+                distill_models = {}
+                for comp in (base, *objs):
+                    for mname in _model_refs(comp):
+                        distill_models[mname] = resolver.single("models", mname)
+                for (dspec, darg), dres in zip(dataset_specs, datasets):
+                    job_ipcs = ipcs if base.entry.cls.uses_ipc else [None]
+                    for ipc in job_ipcs:
+                        for seed in seeds:
+                            jobs.append(
+                                _job(spec, base, list(objs), dres, dspec, darg, ipc, seed,
+                                     distill_models, model_variants, protocols)
+                            )
+    resolver.check_all_used()
+    return jobs
+
+
+def _job(spec, base, objs, dres, dspec, darg, ipc, seed, distill_models, models, protocols) -> Job:
+    data_coords = {"dataset": dspec, "dataset_params": dres.params_dict(), "conditions": CONDITIONS, "ipc": ipc}
+    rng_seed = seed_of(data_coords, seed)
+    key = digest({
+        "method": spec.text,
+        "params": {base.name: base.params_dict(), **{o.name: o.params_dict() for o in objs}},
+        "distill_models": {n: r.params_dict() for n, r in sorted(distill_models.items())},
+        **data_coords,
+        "seed": seed,
+    })
+    job = Job(key, spec, base, objs, dres, dspec, darg, ipc, seed, rng_seed, distill_models)
+    for model in models:
+        for protocol, swept in protocols:
+            for i in range(protocol.params.num_eval):
+                cell_key = digest({"job": key, "model": model.name, "model_params": model.params_dict(),
+                                   "protocol": protocol.hash, "eval_index": i})
+                eval_seed = seed_of(data_coords, seed, model.name, model.params_dict(), protocol.hash, i)
+                job.cells.append(Cell(cell_key, model, protocol, swept, i, eval_seed))
+    return job
+
+
+def params_json(obj) -> str:
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,374 @@
+"""The sweep driver: validate everything, plan, execute jobs, store every row.
+
+Validation (components, parameters, data, IPC, store) happens before anything is
+written. Jobs run through the chosen executor plugin and yield events; only this
+driver writes the store and the artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ddbench import __version__, artifacts
+from ddbench import plan as planmod
+from ddbench.components import DistillContext, SyntheticSet
+from ddbench.cost import device_name, measure
+from ddbench.data.bundle import DataBundle
+from ddbench.errors import DDBenchError
+from ddbench.progress import Progress
+from ddbench.protocol import evaluate
+from ddbench.registry import Registry
+from ddbench.store import Store, check_writable
+
+DEFAULT_DATA_ROOT = "datasets"
+DATA_ENV = "DDBENCH_DATA"
+
+
+@dataclass
+class RunOptions:
+    methods: list[str] = field(default_factory=lambda: ["random", "dm"])
+    datasets: list[str] = field(default_factory=lambda: ["digits"])
+    ipcs: list[int] = field(default_factory=lambda: [1, 10])
+    models: list[str] = field(default_factory=lambda: ["convnet"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    sets: list[str] = field(default_factory=list)
+    preset: str = "small"
+    store: Path = Path("results/ddbench.sqlite")
+    data_root: Path | None = None
+    download: bool = False
+    device: str = "auto"
+    executor: str = "local"
+    dry_run: bool = False
+    progress: bool = True
+
+
+def data_root(option: Path | None) -> Path:
+    """``--data-root``, then ``$DDBENCH_DATA``, then ``datasets/``."""
+    if option is not None:
+        return Path(option)
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_ROOT)
+
+
+def pick_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise DDBenchError(f"invalid device {text!r}; valid choices: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DDBenchError(f"device {text!r} requested but CUDA is not available; valid choices: auto, cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise DDBenchError(f"invalid device {text!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return dev
+
+
+def versions() -> dict:
+    import numpy
+    import torchvision
+
+    return {
+        "ddbench": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def git_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Prepared:
+    jobs: list[planmod.Job]
+    bundles: dict[str, DataBundle]  # by job.dataset key (spec + params)
+    device: torch.device
+    resolver: planmod.Resolver
+
+
+def _bundle_key(spec: str, resolved: planmod.Resolved) -> str:
+    return spec + planmod.params_json(resolved.params_dict())
+
+
+def prepare(options: RunOptions, registry: Registry) -> Prepared:
+    """Everything that can fail on bad input, before anything is written."""
+    sets = planmod.parse_sets(options.sets)
+    resolver = planmod.Resolver(registry, options.preset, sets)
+    device = pick_device(options.device)
+    registry.get("executors", options.executor)
+    for m in options.methods:
+        planmod.parse_method(m, registry)
+    for m in options.models:
+        registry.get("models", m)
+    # datasets: "name" or "name:arg", each possibly swept over its parameters
+    root = data_root(options.data_root)
+    dataset_specs, dataset_res, bundles = [], [], {}
+    for spec in options.datasets:
+        name, sep, arg = spec.partition(":")
+        entry = registry.get("datasets", name)
+        if entry.cls.takes_argument and not arg:
+            raise DDBenchError(f"dataset {name!r} needs an argument: {name}:VALUE (e.g. {name}:/path/to/data)")
+        if not entry.cls.takes_argument and sep:
+            raise DDBenchError(f"dataset {name!r} takes no argument; got {spec!r}")
+        for res in resolver.variants("datasets", name):
+            bundle = res.instance().load(arg or None, root, options.download)
+            dataset_specs.append((spec, arg or None))
+            dataset_res.append(res)
+            bundles[_bundle_key(spec, res)] = bundle
+    jobs = planmod.build_plan(
+        registry, resolver, options.methods, dataset_res, dataset_specs,
+        options.ipcs, options.models, options.seeds,
+    )
+    for job in jobs:
+        bundle = bundles[_bundle_key(job.dataset_spec, job.dataset)]
+        if job.ipc is not None:
+            counts = bundle.class_counts()
+            smallest = min(counts)
+            if job.ipc > smallest:
+                cls = bundle.classes[counts.index(smallest)]
+                raise DDBenchError(
+                    f"ipc {job.ipc} is larger than the smallest class of {job.dataset_spec} "
+                    f"({smallest} training images of class {cls!r}); valid: 1..{smallest}"
+                )
+    _check_models(jobs, bundles)
+    return Prepared(jobs, bundles, device, resolver)
+
+
+def _check_models(jobs, bundles) -> None:
+    """Every model must build for its dataset's shape (e.g. ConvNet too deep for 8x8)."""
+    seen = set()
+    for job in jobs:
+        bundle = bundles[_bundle_key(job.dataset_spec, job.dataset)]
+        models = [c.model for c in job.cells] + list(job.distill_models.values())
+        for res in models:
+            key = (res.label, planmod.params_json(res.params_dict()), job.dataset_spec)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                res.instance().build(bundle.channels, bundle.num_classes, bundle.image_size)
+            except Exception as exc:
+                raise DDBenchError(
+                    f"model {res.label!r} cannot be built for {job.dataset_spec} "
+                    f"({bundle.channels}x{bundle.image_size[0]}x{bundle.image_size[1]}): {exc}"
+                ) from None
+
+
+# --------------------------------------------------------------------------- execution
+
+
+@dataclass
+class Task:
+    """What a worker needs for one job: the job, the cells still to run, a stored set."""
+
+    job: planmod.Job
+    pending: list[planmod.Cell]
+    synset: SyntheticSet | None
+    data: DataBundle
+    device: torch.device
+    progress: Progress | None = None
+
+
+def run_task(task: Task) -> Iterator[dict]:
+    """Distill (unless a stored set exists), then evaluate each pending cell.
+
+    Yields ``{"kind": "synset", ...}`` once when it distilled, then one
+    ``{"kind": "result", ...}`` per cell. Never raises for a failure of the method or
+    the evaluation: those become rows with status "failed" and the error text.
+    """
+    job, data, device, prog = task.job, task.data, task.device, task.progress
+    synset, distill_seconds = task.synset, None
+    if synset is None:
+        distiller = job.base.instance()
+        objectives = [o.instance() for o in job.objectives]
+
+        def build_model(name: str):
+            res = job.distill_models.get(name)
+            if res is None:
+                raise DDBenchError(f"{job.base.name} builds model {name!r}, which is not planned")
+            return res.instance().build(data.channels, data.num_classes, data.image_size)
+
+        ctx = DistillContext(
+            data=data, ipc=job.ipc or 0, seed=job.rng_seed, device=device, objectives=objectives,
+            build_model=build_model,
+            progress=(lambda s, t: prog.update("distill", s, t)) if prog else (lambda s, t: None),
+        )
+        torch.manual_seed(job.rng_seed)
+        try:
+            with measure(device) as cost:
+                synset = distiller.distill(ctx)
+            synset.validate(data, job.base.name)
+            status, error = "ok", None
+        except Exception as exc:  # a failing method is a result, not a crash of the sweep
+            status, error = "failed", _error_text(exc)
+            synset = None
+        distill_seconds = cost.seconds if status == "ok" else None
+        yield {"kind": "synset", "status": status, "error": error, "synset": synset,
+               "seconds": cost.seconds, "peak_mem_mb": cost.peak_mem_mb}
+        if synset is None:
+            for cell in task.pending:
+                yield {"kind": "result", "cell": cell, "status": "failed",
+                       "error": f"distillation failed: {error}", "accuracy": None,
+                       "seconds": None, "peak_mem_mb": None, "distill_seconds": None}
+            return
+    for cell in task.pending:
+        torch.manual_seed(cell.seed)
+        try:
+            with measure(device) as cost:
+                net = cell.model.instance().build(data.channels, data.num_classes, data.image_size)
+                acc = evaluate(
+                    net, synset, data, cell.protocol, cell.seed, device,
+                    progress=(lambda s, t: prog.update(f"eval {cell.model.label} #{cell.eval_index}", s, t))
+                    if prog else (lambda s, t: None),
+                )
+            row = {"status": "ok", "error": None, "accuracy": acc}
+        except Exception as exc:
+            row = {"status": "failed", "error": _error_text(exc), "accuracy": None}
+        yield {"kind": "result", "cell": cell, **row, "seconds": cost.seconds,
+               "peak_mem_mb": cost.peak_mem_mb, "distill_seconds": distill_seconds}
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    jobs: list[planmod.Job]
+    rows: list[dict]
+    skipped: int
+    ran: int
+    failed: int
+
+
+def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummary:
+    prepared = prepare(options, registry)
+    jobs = prepared.jobs
+    check_writable(Path(options.store))
+    store = Store(Path(options.store))
+    try:
+        return _execute(options, registry, prepared, store, command)
+    finally:
+        store.close()
+
+
+def _execute(options, registry, prepared, store, command) -> RunSummary:
+    jobs, device = prepared.jobs, prepared.device
+    all_keys = [c.key for j in jobs for c in j.cells]
+    done = store.done_cells(all_keys)
+    run_id = uuid.uuid4().hex[:12]
+    vers, rev = versions(), git_revision()
+    store.start_run(run_id, command or shlex.join(sys.argv), options.preset, vers, rev)
+    pending_total = len(all_keys) - len(done)
+    prog = Progress(pending_total, enabled=options.progress)
+    executor = registry.get("executors", options.executor).cls(None)
+    tasks = []
+    for job in jobs:
+        pending = [c for c in job.cells if c.key not in done]
+        if not pending:
+            continue
+        bundle = prepared.bundles[_bundle_key(job.dataset_spec, job.dataset)]
+        tasks.append(Task(job, pending, _stored_synset(store, job.key), bundle, device, prog))
+    ran = failed = 0
+    status = "interrupted"
+    try:
+        for task, event in executor.map(_run_with_label, tasks):
+            job = task.job
+            if event["kind"] == "synset":
+                _store_synset(store, run_id, job, task.data, event, vers, device)
+                continue
+            row = _result_row(run_id, job, event, vers, rev, device)
+            store.write_result(row)
+            registry.pm.hook.cell_finished(record=row)
+            ran += 1
+            failed += row["status"] != "ok"
+            prog.cell_done(row["status"] == "ok")
+        status = "finished"
+    finally:
+        prog.close()
+        store.finish_run(run_id, status)
+    rows = store.results(all_keys)
+    return RunSummary(run_id, jobs, rows, len(done), ran, failed)
+
+
+def _run_with_label(task: Task):
+    if task.progress:
+        job = task.job
+        task.progress.start(f"{job.label} {job.dataset_spec} ipc={job.ipc_label} seed={job.seed}")
+    for event in run_task(task):
+        yield task, event
+
+
+def _stored_synset(store: Store, key: str) -> SyntheticSet | None:
+    row = store.synset(key)
+    if row is None or row["status"] != "ok" or not row["artifact"]:
+        return None
+    path = store.path.parent / row["artifact"]
+    if not path.exists():
+        return None
+    return artifacts.load_synset(path)
+
+
+def _store_synset(store, run_id, job, data, event, vers, device) -> None:
+    artifact = grid = None
+    synset = event["synset"]
+    if synset is not None and job.base.entry.cls.save_artifact:
+        rel = Path("artifacts") / f"{job.key}.safetensors"
+        info = {"distill_key": job.key, "method": job.method.text, "params": job.params_record(),
+                "dataset": job.dataset_spec, "ipc": job.ipc, "seed": job.seed,
+                "mean": data.mean, "std": data.std, "classes": data.classes}
+        artifacts.save_synset(store.path.parent / rel, synset, info)
+        artifacts.save_grid(store.path.parent / rel.with_suffix(".png"), synset, data)
+        artifact, grid = str(rel), str(rel.with_suffix(".png"))
+    store.write_synset({
+        "distill_key": job.key, "run_id": run_id, "method": job.label,
+        "params": planmod.params_json(job.params_record()), "dataset": job.dataset_spec,
+        "conditions": planmod.CONDITIONS, "ipc": job.ipc, "seed": job.seed,
+        "status": event["status"], "error": event["error"], "artifact": artifact, "grid": grid,
+        "seconds": event["seconds"], "peak_mem_mb": event["peak_mem_mb"],
+        "device": device_name(device), "versions": planmod.params_json(vers),
+    })
+
+
+def _result_row(run_id, job, event, vers, rev, device) -> dict:
+    cell = event["cell"]
+    return {
+        "cell_key": cell.key, "distill_key": job.key, "run_id": run_id, "method": job.label,
+        "params": planmod.params_json(job.params_record()), "dataset": job.dataset_spec,
+        "conditions": planmod.CONDITIONS, "ipc": job.ipc, "seed": job.seed,
+        "model": cell.model_label, "model_params": planmod.params_json(cell.model.params_dict()),
+        "eval_index": cell.eval_index, "protocol": cell.protocol.label,
+        "protocol_hash": cell.protocol.hash,
+        "protocol_params": planmod.params_json(cell.protocol.as_dict()),
+        "status": event["status"], "accuracy": event["accuracy"], "error": event["error"],
+        "distill_seconds": event["distill_seconds"], "seconds": event["seconds"],
+        "peak_mem_mb": event["peak_mem_mb"], "device": device_name(device),
+        "versions": planmod.params_json(vers), "git_rev": rev,
+    }

@@ -1,0 +1,144 @@
+"""SQLite result store (WAL): one row per evaluation, one per synthetic set, one per run.
+
+Only the driver process writes. Rows are keyed by content hashes, so re-running a
+command finds what is done: ``ok`` rows are skipped, ``failed`` rows are retried and
+replaced, nothing is duplicated, and an ``ok`` row is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from ddbench.errors import DDBenchError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started REAL, finished REAL, command TEXT, preset TEXT,
+    versions TEXT, git_rev TEXT, status TEXT
+);
+CREATE TABLE IF NOT EXISTS synsets (
+    distill_key TEXT PRIMARY KEY, run_id TEXT, method TEXT, params TEXT, dataset TEXT,
+    conditions TEXT, ipc INTEGER, seed INTEGER, status TEXT, error TEXT, artifact TEXT,
+    grid TEXT, seconds REAL, peak_mem_mb REAL, device TEXT, versions TEXT, created REAL
+);
+CREATE TABLE IF NOT EXISTS results (
+    cell_key TEXT PRIMARY KEY, distill_key TEXT, run_id TEXT, method TEXT, params TEXT,
+    dataset TEXT, conditions TEXT, ipc INTEGER, seed INTEGER, model TEXT, model_params TEXT,
+    eval_index INTEGER, protocol TEXT, protocol_hash TEXT, protocol_params TEXT,
+    status TEXT, accuracy REAL, error TEXT, distill_seconds REAL, seconds REAL,
+    peak_mem_mb REAL, device TEXT, versions TEXT, git_rev TEXT, created REAL
+);
+CREATE INDEX IF NOT EXISTS results_by_distill ON results(distill_key);
+"""
+
+RESULT_COLUMNS = (
+    "cell_key", "distill_key", "run_id", "method", "params", "dataset", "conditions", "ipc",
+    "seed", "model", "model_params", "eval_index", "protocol", "protocol_hash",
+    "protocol_params", "status", "accuracy", "error", "distill_seconds", "seconds",
+    "peak_mem_mb", "device", "versions", "git_rev", "created",
+)
+SYNSET_COLUMNS = (
+    "distill_key", "run_id", "method", "params", "dataset", "conditions", "ipc", "seed",
+    "status", "error", "artifact", "grid", "seconds", "peak_mem_mb", "device", "versions",
+    "created",
+)
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (before any work) when the store cannot be created or written."""
+    parent = path.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DDBenchError(f"store {str(path)!r} is not writable; choose another with --store")
+    if path.exists() and path.is_dir():
+        raise DDBenchError(f"store {str(path)!r} is a directory; --store takes a file path")
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        check_writable(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise DDBenchError(f"store {str(path)!r} cannot be used: {exc}") from None
+        self.db.row_factory = sqlite3.Row
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.path.parent / "artifacts"
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---------------------------------------------------------------- runs
+    def start_run(self, run_id: str, command: str, preset: str, versions: dict, git_rev: str):
+        with self.db:
+            self.db.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, time.time(), None, command, preset, json.dumps(versions), git_rev, "running"),
+            )
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE runs SET finished=?, status=? WHERE run_id=?", (time.time(), status, run_id)
+            )
+
+    # ---------------------------------------------------------------- results
+    def done_cells(self, keys) -> set[str]:
+        """Keys among ``keys`` that already have an ``ok`` row."""
+        keys = list(keys)
+        done: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT cell_key FROM results WHERE status='ok' AND cell_key IN ({','.join('?' * len(chunk))})"
+            done.update(r[0] for r in self.db.execute(q, chunk))
+        return done
+
+    def write_result(self, row: dict) -> None:
+        """Insert a row; replaces a failed row of the same key, never an ``ok`` one."""
+        row = {c: row.get(c) for c in RESULT_COLUMNS} | {"created": time.time()}
+        cols = ",".join(RESULT_COLUMNS)
+        marks = ",".join("?" * len(RESULT_COLUMNS))
+        with self.db:
+            cur = self.db.execute(
+                "SELECT status FROM results WHERE cell_key=?", (row["cell_key"],)
+            ).fetchone()
+            if cur is not None and cur["status"] == "ok":
+                return
+            self.db.execute(f"INSERT OR REPLACE INTO results ({cols}) VALUES ({marks})",
+                            [row[c] for c in RESULT_COLUMNS])
+
+    def results(self, keys=None) -> list[dict]:
+        if keys is None:
+            return [dict(r) for r in self.db.execute("SELECT * FROM results")]
+        keys = list(keys)
+        out = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT * FROM results WHERE cell_key IN ({','.join('?' * len(chunk))})"
+            out.extend(dict(r) for r in self.db.execute(q, chunk))
+        return out
+
+    # ---------------------------------------------------------------- synthetic sets
+    def synset(self, distill_key: str) -> dict | None:
+        r = self.db.execute("SELECT * FROM synsets WHERE distill_key=?", (distill_key,)).fetchone()
+        return dict(r) if r is not None else None
+
+    def write_synset(self, row: dict) -> None:
+        row = {c: row.get(c) for c in SYNSET_COLUMNS} | {"created": time.time()}
+        cols = ",".join(SYNSET_COLUMNS)
+        marks = ",".join("?" * len(SYNSET_COLUMNS))
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO synsets ({cols}) VALUES ({marks})",
+                            [row[c] for c in SYNSET_COLUMNS])
