@@ -87,6 +87,8 @@ def run_cmd(methods, datasets, ipc, models, seeds, sets, preset, store, data_roo
 
 def _dry_run(options: RunOptions, registry) -> None:
     prepared = prepare(options, registry)
+    for w in prepared.warnings:
+        click.echo(f"ddbench: warning: {w}", err=True)
     done: set[str] = set()
     if Path(options.store).exists():
         st = Store(Path(options.store))

@@ -24,7 +24,7 @@ from typing import Any
 from ddbench import params as P
 from ddbench import protocol as proto
 from ddbench.errors import DDBenchError
-from ddbench.registry import Entry, Registry
+from ddbench.registry import KINDS, Entry, Registry
 
 PRESETS = ("small", "paper")
 CONDITIONS = "clean"
@@ -177,13 +177,27 @@ class Resolver:
             out.append((proto.Protocol(params, self.preset), swept))
         return out
 
-    def check_all_used(self) -> None:
-        for ns, key in self.sets:
-            if ns not in self.used:
+    def check_unused(self) -> list[str]:
+        """``--set`` for components outside this run: checked, then warned about.
+
+        An unknown name is an error; a registered component that the run does not use
+        gets its parameters validated and a warning (sweep scripts often share --set).
+        """
+        warnings = []
+        for ns in sorted({ns for ns, _ in self.sets} - self.used):
+            entries = [e for kind in KINDS for e in self.registry.entries(kind) if e.name == ns]
+            if not entries:
+                valid = sorted({e.name for kind in KINDS for e in self.registry.entries(kind)} | {proto.NAMESPACE})
+                key = next(k for n, k in self.sets if n == ns)
                 raise DDBenchError(
-                    f"--set {ns}.{key}: {ns!r} is not a component of this run; "
-                    f"valid names: {', '.join(sorted(self.used))}"
+                    f"--set {ns}.{key}: no component is named {ns!r}; valid names: {', '.join(valid)}"
                 )
+            for key, values in self.sets.items():
+                if key[0] == ns:
+                    for v in values:
+                        P.parse_overrides(entries[0].cls.Params, {key[1]: v}, ns)
+            warnings.append(f"--set {ns}.* has no effect: {ns!r} is not part of this run")
+        return warnings
 
 
 # ------------------------------------------------------------------------- the plan
@@ -277,7 +291,6 @@ def build_plan(
                                 _job(spec, base, list(objs), dres, dspec, darg, ipc, seed,
                                      distill_models, model_variants, protocols)
                             )
-    resolver.check_all_used()
     return jobs
 
 

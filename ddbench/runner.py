@@ -109,7 +109,7 @@ class Prepared:
     jobs: list[planmod.Job]
     bundles: dict[str, DataBundle]  # by job.dataset key (spec + params)
     device: torch.device
-    resolver: planmod.Resolver
+    warnings: list[str]
 
 
 def _bundle_key(spec: str, resolved: planmod.Resolved) -> str:
@@ -127,8 +127,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     for m in options.models:
         registry.get("models", m)
     # datasets: "name" or "name:arg", each possibly swept over its parameters
-    root = data_root(options.data_root)
-    dataset_specs, dataset_res, bundles = [], [], {}
+    dataset_specs, dataset_res = [], []
     for spec in options.datasets:
         name, sep, arg = spec.partition(":")
         entry = registry.get("datasets", name)
@@ -137,14 +136,18 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
         if not entry.cls.takes_argument and sep:
             raise DDBenchError(f"dataset {name!r} takes no argument; got {spec!r}")
         for res in resolver.variants("datasets", name):
-            bundle = res.instance().load(arg or None, root, options.download)
             dataset_specs.append((spec, arg or None))
             dataset_res.append(res)
-            bundles[_bundle_key(spec, res)] = bundle
     jobs = planmod.build_plan(
         registry, resolver, options.methods, dataset_res, dataset_specs,
         options.ipcs, options.models, options.seeds,
     )
+    warnings = resolver.check_unused()
+    # only now the (possibly slow) loading: every cheaper check has passed
+    root = data_root(options.data_root)
+    bundles = {}
+    for (spec, arg), res in zip(dataset_specs, dataset_res):
+        bundles[_bundle_key(spec, res)] = res.instance().load(arg, root, options.download)
     for job in jobs:
         bundle = bundles[_bundle_key(job.dataset_spec, job.dataset)]
         if job.ipc is not None:
@@ -157,7 +160,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
                     f"({smallest} training images of class {cls!r}); valid: 1..{smallest}"
                 )
     _check_models(jobs, bundles)
-    return Prepared(jobs, bundles, device, resolver)
+    return Prepared(jobs, bundles, device, warnings)
 
 
 def _check_models(jobs, bundles) -> None:
@@ -269,9 +272,10 @@ class RunSummary:
 
 
 def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummary:
+    check_writable(Path(options.store))  # fail before the (slow) data loading
     prepared = prepare(options, registry)
-    jobs = prepared.jobs
-    check_writable(Path(options.store))
+    for w in prepared.warnings:
+        print(f"ddbench: warning: {w}", file=sys.stderr)
     store = Store(Path(options.store))
     try:
         return _execute(options, registry, prepared, store, command)

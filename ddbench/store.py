@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,15 +50,33 @@ SYNSET_COLUMNS = (
 
 
 def check_writable(path: Path) -> None:
-    """Fail early (before any work) when the store cannot be created or written."""
-    parent = path.parent
-    probe = parent
+    """Fail early (before any work) when the store cannot be created or written.
+
+    Probes by creating (and removing) a file in the deepest existing folder: permission
+    bits alone say nothing for root or on a read-only file system.
+    """
+    path = Path(path)
+    bad = f"store {str(path)!r} is not writable; choose another with --store"
+    if path.is_dir():
+        raise DDBenchError(f"store {str(path)!r} is a directory; --store takes a file path")
+    probe = path.parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise DDBenchError(f"store {str(path)!r} is not writable; choose another with --store")
-    if path.exists() and path.is_dir():
-        raise DDBenchError(f"store {str(path)!r} is a directory; --store takes a file path")
+    if not probe.is_dir():
+        raise DDBenchError(f"{bad} ({str(probe)!r} is not a folder)")
+    if path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            raise DDBenchError(f"{bad} ({exc.strerror})") from None
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ddbench-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise DDBenchError(f"{bad} ({exc.strerror})") from None
 
 
 class Store:

@@ -10,7 +10,7 @@ from ddbench.components import DistillContext, Distiller, SyntheticSet
 
 
 class Full(Distiller):
-    """The whole training set (upper bound); independent of IPC, trained for ``epochs``."""
+    """The whole training set (upper bound); independent of IPC, trained for `full.epochs` passes."""
 
     name = "full"
     uses_ipc = False

@@ -1,0 +1,268 @@
+"""`ddbench run` end to end through the CLI: plan, store, resume, failures, artifacts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, rows
+from safetensors.torch import load_file
+
+FLAKY = '''
+import os
+import torch
+import ddbench
+
+class Flaky(ddbench.Distiller):
+    """Fails while $FLAKY_MODE says so: 'raise', 'nan' or 'ok'."""
+    name = "flaky"
+
+    def distill(self, ctx):
+        mode = os.environ.get("FLAKY_MODE", "ok")
+        if mode == "raise":
+            raise RuntimeError("flaky distiller exploded")
+        if mode == "nan":
+            ctx.check_finite(torch.tensor(float("nan")), 7)
+        from ddbench.distillers.random import sample_real
+        return sample_real(ctx, ctx.generator())
+
+class Shifty(ddbench.Objective):
+    """Pulls the synthetic images towards zero (a toy auxiliary loss)."""
+    name = "shrink"
+    from dataclasses import dataclass
+
+    @dataclass
+    class Params:
+        weight: float = 1.0
+
+    def loss(self, step):
+        calls.append(step.step)
+        feats = step.features(step.syn_images)
+        assert len(feats) == 3 and step.real_images.shape[0] > 0
+        return self.params.weight * step.syn_images.pow(2).mean()
+
+calls = []
+finished = []
+
+@ddbench.hookimpl
+def register_distillers(register):
+    register(Flaky)
+
+@ddbench.hookimpl
+def register_objectives(register):
+    register(Shifty)
+
+@ddbench.hookimpl
+def cell_finished(record):
+    finished.append(record)
+'''
+
+
+def test_default_like_run_stores_every_evaluation_and_resumes(ddb, tmp_path):
+    store = tmp_path / "r.sqlite"
+    args = ["run", "--methods", "random,dm", "--ipc", "1,2", "--seeds", "0,1", "--store", str(store), *TINY]
+    res = ddb(*args)
+    assert res.code == 0, res.err
+    table = res.out
+    assert "random" in table and "dm" in table and "digits" in table
+    assert "unit of replication: distillation seed" in table
+    got = rows(store)
+    # 2 methods x 2 ipc x 2 seeds x 1 model x 1 eval run
+    assert len(got) == 8 and all(r["status"] == "ok" for r in got)
+    assert all(0 <= r["accuracy"] <= 1 for r in got)
+    r = got[0]
+    assert r["protocol"] == "ddbench-eval/v1" and '"epochs": 2' in r["protocol_params"]
+    assert r["device"].startswith("cpu") and r["peak_mem_mb"] > 0 and r["seconds"] > 0
+    assert '"torch"' in r["versions"] and len(r["cell_key"]) == 20
+
+    # artifacts: safetensors (no pickle) and a PNG grid per synthetic set
+    db = sqlite3.connect(store)
+    synsets = db.execute("SELECT method, ipc, artifact, grid FROM synsets").fetchall()
+    assert len(synsets) == 8
+    for method, ipc, artifact, grid in synsets:
+        t = load_file(str(store.parent / artifact))
+        assert t["images"].shape == (10 * ipc, 1, 8, 8) and t["labels"].dtype == torch.int64
+        assert (store.parent / grid).read_bytes()[:4] == b"\x89PNG"
+
+    again = ddb(*args)
+    assert again.code == 0
+    assert "0 evaluation(s) run, 8 already stored" in again.out
+    assert len(rows(store)) == 8
+    assert again.out.split("\n\nstore:")[0] == table.split("\n\nstore:")[0]
+
+
+def test_same_command_gives_the_same_numbers(ddb, tmp_path):
+    args = ["run", "--methods", "dm", "--ipc", "1", "--seeds", "3", *TINY]
+    assert ddb(*args, "--store", str(tmp_path / "a.sqlite")).code == 0
+    assert ddb(*args, "--store", str(tmp_path / "b.sqlite")).code == 0
+    a = {r["cell_key"]: r["accuracy"] for r in rows(tmp_path / "a.sqlite")}
+    b = {r["cell_key"]: r["accuracy"] for r in rows(tmp_path / "b.sqlite")}
+    assert a == b
+
+
+def test_adding_a_model_later_does_not_redistill(ddb, tmp_path, monkeypatch):
+    store = tmp_path / "r.sqlite"
+    base = ["run", "--methods", "dm", "--ipc", "1", "--seeds", "0", "--store", str(store), *TINY]
+    assert ddb(*base).code == 0
+    from ddbench.distillers.dm import DM
+
+    def boom(self, ctx):
+        raise AssertionError("re-distilled")
+
+    monkeypatch.setattr(DM, "distill", boom)
+    res = ddb(*base, "--set", "convnet.width=32,128")
+    assert res.code == 0, res.err
+    # width=128 is the default: that cell is the one already stored, not a new one
+    assert "1 evaluation(s) run, 1 already stored" in res.out
+    got = rows(store)
+    assert sorted(r["model"] for r in got) == ["convnet", "convnet[width=32]"]
+    assert all(r["status"] == "ok" for r in got)
+    assert len({r["distill_key"] for r in got}) == 1
+
+
+def test_sweep_axis_and_override(ddb, tmp_path):
+    store = tmp_path / "r.sqlite"
+    res = ddb("run", "--methods", "dm", "--ipc", "1", "--seeds", "0", "--store", str(store),
+              "--set", "dm.lr_img=0.5,2", *TINY)
+    assert res.code == 0, res.err
+    assert "dm[lr_img=0.5]" in res.out and "dm[lr_img=2.0]" in res.out
+    got = rows(store)
+    assert len(got) == 2 and len({r["distill_key"] for r in got}) == 2
+    assert {'"lr_img": 0.5', '"lr_img": 2.0'} == {p for r in got for p in ('"lr_img": 0.5', '"lr_img": 2.0') if p in r["params"]}
+    assert all('"iterations": 3' in r["params"] for r in got)
+
+
+def test_dry_run_prints_plan_and_writes_nothing(ddb, tmp_path):
+    store = tmp_path / "sub" / "r.sqlite"
+    res = ddb("run", "--dry-run", "--store", str(store))
+    assert res.code == 0
+    assert "12 synthetic set(s), 24 evaluation cell(s), 0 already stored, 24 to run" in res.out
+    assert not store.parent.exists()
+    ddb("run", "--methods", "random", "--ipc", "1", "--seeds", "0", "--store", str(store), *TINY)
+    res = ddb("run", "--dry-run", "--methods", "random", "--ipc", "1,2", "--seeds", "0",
+              "--store", str(store), *TINY)
+    assert "2 evaluation cell(s), 1 already stored, 1 to run" in res.out
+
+
+def test_failed_cells_are_recorded_and_retried(ddb, tmp_path, monkeypatch, fake_plugin):
+    mod = fake_plugin("flaky", FLAKY)
+    store = tmp_path / "r.sqlite"
+    args = ["run", "--methods", "flaky,random", "--ipc", "1", "--seeds", "0,1", "--store", str(store), *TINY]
+    monkeypatch.setenv("FLAKY_MODE", "raise")
+    res = ddb(*args)
+    assert res.code == 0  # a failing method does not stop the sweep
+    got = rows(store)
+    failed = [r for r in got if r["status"] == "failed"]
+    assert len(failed) == 2 and all("flaky distiller exploded" in r["error"] for r in failed)
+    assert all(r["status"] == "ok" for r in got if r["method"] == "random")
+    assert "[1 failed]" in res.out or "[2 failed]" in res.out or "-" in res.out
+
+    monkeypatch.setenv("FLAKY_MODE", "nan")
+    ddb(*args)
+    got = rows(store, "method='flaky'")
+    assert len(got) == 2 and all("loss is nan at iteration 7" in r["error"] for r in got)
+
+    monkeypatch.setenv("FLAKY_MODE", "ok")
+    res = ddb(*args)
+    assert "2 evaluation(s) run, 2 already stored, 0 failed" in res.out
+    got = rows(store)
+    assert len(got) == 4 and all(r["status"] == "ok" for r in got)
+    import sys
+
+    finished = sys.modules[mod].finished
+    assert len(finished) == 4 + 2 + 2 and {"status", "accuracy", "cell_key"} <= set(finished[-1])
+
+
+def test_objective_attaches_with_the_method_grammar(ddb, tmp_path, fake_plugin):
+    import sys
+
+    mod = fake_plugin("flaky", FLAKY)
+    store = tmp_path / "r.sqlite"
+    res = ddb("run", "--methods", "dm,dm+shrink", "--ipc", "1", "--seeds", "0", "--store", str(store),
+              "--set", "shrink.weight=0.5", *TINY)
+    assert res.code == 0, res.err
+    assert "dm+shrink" in res.out
+    assert sys.modules[mod].calls == [0, 1, 2]
+    got = {r["method"]: r for r in rows(store)}
+    assert set(got) == {"dm", "dm+shrink"}
+    assert '"shrink": {"weight": 0.5}' in got["dm+shrink"]["params"]
+    assert got["dm"]["distill_key"] != got["dm+shrink"]["distill_key"]
+
+
+def test_full_runs_once_per_dataset(ddb, tmp_path):
+    store = tmp_path / "r.sqlite"
+    res = ddb("run", "--methods", "full", "--ipc", "1,10", "--seeds", "0", "--store", str(store),
+              "--set", "full.epochs=1", *TINY)
+    assert res.code == 0, res.err
+    got = rows(store)
+    assert len(got) == 1 and got[0]["ipc"] is None and got[0]["accuracy"] > 0.5
+    assert " all " in res.out
+
+
+def test_set_for_a_component_outside_the_run_warns(ddb, tmp_path):
+    res = ddb("run", "--dry-run", "--methods", "random", "--set", "dm.iterations=5", "--store", str(tmp_path / "r"))
+    assert res.code == 0
+    assert "ddbench: warning: --set dm.* has no effect: 'dm' is not part of this run" in res.err
+
+
+def test_console_script_and_module_entry_points(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "ddbench", "--version"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.startswith("ddbench, version")
+    bad = subprocess.run([sys.executable, "-m", "ddbench", "run", "--methods", "nope"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr == "ddbench: error: unknown distiller 'nope'; valid choices: dm, full, random\n"
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "random,nope"], "unknown distiller 'nope'; valid choices: dm, full, random"),
+        (["--methods", "dm+nope"], "unknown objective 'nope'; valid choices: (none registered)"),
+        (["--methods", "dm+"], "malformed method 'dm+'"),
+        (["--datasets", "digitz"], "unknown dataset 'digitz'; valid choices: cifar10, cifar100, digits"),
+        (["--models", "resnet"], "unknown model 'resnet'; valid choices: convnet"),
+        (["--ipc", "0"], "invalid ipc 0: must be >= 1"),
+        (["--ipc", "one"], "invalid ipc 'one'"),
+        (["--ipc", "500"], "ipc 500 is larger than the smallest class of digits"),
+        (["--set", "dm.lr_img"], "malformed --set 'dm.lr_img': expected NAME.PARAM=VALUE"),
+        (["--set", "lr_img=1"], "malformed --set 'lr_img=1'"),
+        (["--set", "dm.lr=1"], "unknown parameter dm.lr; valid parameters of dm: batch_real, dsa"),
+        (["--set", "dm.iterations=ten"], "invalid value 'ten' for dm.iterations: expected int"),
+        (["--set", "dm.init=zeros"], "invalid value 'zeros' for dm.init; valid choices: real, noise"),
+        (["--set", "dc.lr_img=1"], "--set dc.lr_img: no component is named 'dc'; valid names: cifar10"),
+        (["--methods", "random", "--set", "dm.lr=1"], "unknown parameter dm.lr; valid parameters of dm"),
+        (["--set", "eval.nope=1"], "unknown parameter eval.nope; valid parameters of eval: batch"),
+        (["--datasets", "mnist"], "dataset 'mnist'"),
+        (["--datasets", "imagefolder"], "dataset 'imagefolder' needs an argument"),
+        (["--datasets", "imagefolder:/no/such/dir"], "/no/such/dir"),
+        (["--preset", "huge"], "'huge' is not one of 'small', 'paper'"),
+        (["--device", "tpu"], "invalid device 'tpu'"),
+        (["--executor", "slurm"], "unknown executor 'slurm'; valid choices: local"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(ddb, tmp_path, args, message):
+    store = tmp_path / "results" / "r.sqlite"
+    res = ddb("run", "--store", str(store), "--data-root", str(tmp_path / "data"), *args)
+    assert res.code == 2
+    assert res.err.startswith("ddbench: error: ") and res.err.count("\n") == 1, res.err
+    assert message in res.err
+    assert not store.parent.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "dir", "readonly"])
+def test_unwritable_store(ddb, tmp_path, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    store = {"file": blocker / "r.sqlite", "dir": tmp_path, "readonly": Path("/proc/ddbench/r.sqlite")}[where]
+    res = ddb("run", "--store", str(store), *TINY)
+    assert res.code == 2 and res.err.count("\n") == 1
+    assert "store" in res.err and "--store" in res.err or "directory" in res.err
