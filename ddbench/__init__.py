@@ -20,8 +20,8 @@ hookimpl = pluggy.HookimplMarker("ddbench")
 from ddbench.components import (  # noqa: E402
     Component,
     DatasetSpec,
-    Distiller,
     DistillContext,
+    Distiller,
     Executor,
     MIEstimator,
     Model,

@@ -150,7 +150,7 @@ class Resolver:
         fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
         out = []
         for combo in itertools.product(*axes.values()):
-            swept = tuple(zip(axes.keys(), combo))
+            swept = tuple(zip(axes.keys(), combo, strict=True))
             params = P.build(entry.cls.Params, {**base, **fixed, **dict(swept)}, name)
             out.append(Resolved(entry, params, swept))
         return out
@@ -170,7 +170,7 @@ class Resolver:
         fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
         out = []
         for combo in itertools.product(*axes.values()):
-            swept = tuple(zip(axes.keys(), combo))
+            swept = tuple(zip(axes.keys(), combo, strict=True))
             params = P.build(proto.ProtocolParams, {**base, **fixed, **dict(swept)}, proto.NAMESPACE)
             if params.num_eval < 1 or params.epochs < 0:
                 raise DDBenchError("eval.num_eval must be >= 1 and eval.epochs >= 0")
@@ -283,7 +283,7 @@ def build_plan(
                 for comp in (base, *objs):
                     for mname in _model_refs(comp):
                         distill_models[mname] = resolver.single("models", mname)
-                for (dspec, darg), dres in zip(dataset_specs, datasets):
+                for (dspec, darg), dres in zip(dataset_specs, datasets, strict=True):
                     job_ipcs = ipcs if base.entry.cls.uses_ipc else [None]
                     for ipc in job_ipcs:
                         for seed in seeds:

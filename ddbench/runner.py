@@ -146,7 +146,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     # only now the (possibly slow) loading: every cheaper check has passed
     root = data_root(options.data_root)
     bundles = {}
-    for (spec, arg), res in zip(dataset_specs, dataset_res):
+    for (spec, arg), res in zip(dataset_specs, dataset_res, strict=True):
         bundles[_bundle_key(spec, res)] = res.instance().load(arg, root, options.download)
     for job in jobs:
         bundle = bundles[_bundle_key(job.dataset_spec, job.dataset)]
@@ -193,6 +193,7 @@ class Task:
     job: planmod.Job
     pending: list[planmod.Cell]
     synset: SyntheticSet | None
+    distill_seconds: float | None
     data: DataBundle
     device: torch.device
     progress: Progress | None = None
@@ -206,7 +207,7 @@ def run_task(task: Task) -> Iterator[dict]:
     the evaluation: those become rows with status "failed" and the error text.
     """
     job, data, device, prog = task.job, task.data, task.device, task.progress
-    synset, distill_seconds = task.synset, None
+    synset, distill_seconds = task.synset, task.distill_seconds
     if synset is None:
         distiller = job.base.instance()
         objectives = [o.instance() for o in job.objectives]
@@ -217,10 +218,16 @@ def run_task(task: Task) -> Iterator[dict]:
                 raise DDBenchError(f"{job.base.name} builds model {name!r}, which is not planned")
             return res.instance().build(data.channels, data.num_classes, data.image_size)
 
+        report = _reporter(prog, "distill")
+        iterations = [0]
+
+        def progress(step: int, total: int) -> None:
+            iterations[0] = step
+            report(step, total)
+
         ctx = DistillContext(
             data=data, ipc=job.ipc or 0, seed=job.rng_seed, device=device, objectives=objectives,
-            build_model=build_model,
-            progress=(lambda s, t: prog.update("distill", s, t)) if prog else (lambda s, t: None),
+            build_model=build_model, progress=progress,
         )
         torch.manual_seed(job.rng_seed)
         try:
@@ -233,7 +240,9 @@ def run_task(task: Task) -> Iterator[dict]:
             synset = None
         distill_seconds = cost.seconds if status == "ok" else None
         yield {"kind": "synset", "status": status, "error": error, "synset": synset,
-               "seconds": cost.seconds, "peak_mem_mb": cost.peak_mem_mb}
+               "seconds": cost.seconds, "peak_mem_mb": cost.peak_mem_mb,
+               "iterations": iterations[0] or None,
+               "seconds_per_iter": cost.seconds / iterations[0] if iterations[0] else None}
         if synset is None:
             for cell in task.pending:
                 yield {"kind": "result", "cell": cell, "status": "failed",
@@ -247,14 +256,19 @@ def run_task(task: Task) -> Iterator[dict]:
                 net = cell.model.instance().build(data.channels, data.num_classes, data.image_size)
                 acc = evaluate(
                     net, synset, data, cell.protocol, cell.seed, device,
-                    progress=(lambda s, t: prog.update(f"eval {cell.model.label} #{cell.eval_index}", s, t))
-                    if prog else (lambda s, t: None),
+                    progress=_reporter(prog, f"eval {cell.model.label} #{cell.eval_index}"),
                 )
             row = {"status": "ok", "error": None, "accuracy": acc}
         except Exception as exc:
             row = {"status": "failed", "error": _error_text(exc), "accuracy": None}
         yield {"kind": "result", "cell": cell, **row, "seconds": cost.seconds,
                "peak_mem_mb": cost.peak_mem_mb, "distill_seconds": distill_seconds}
+
+
+def _reporter(prog: Progress | None, phase: str):
+    if prog is None:
+        return lambda step, total: None
+    return lambda step, total: prog.update(phase, step, total)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -299,7 +313,8 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
         if not pending:
             continue
         bundle = prepared.bundles[_bundle_key(job.dataset_spec, job.dataset)]
-        tasks.append(Task(job, pending, _stored_synset(store, job.key), bundle, device, prog))
+        stored, seconds = _stored_synset(store, job.key)
+        tasks.append(Task(job, pending, stored, seconds, bundle, device, prog))
     ran = failed = 0
     status = "interrupted"
     try:
@@ -330,14 +345,15 @@ def _run_with_label(task: Task):
         yield task, event
 
 
-def _stored_synset(store: Store, key: str) -> SyntheticSet | None:
+def _stored_synset(store: Store, key: str) -> tuple[SyntheticSet | None, float | None]:
+    """A synthetic set distilled by an earlier run, and the seconds it took."""
     row = store.synset(key)
     if row is None or row["status"] != "ok" or not row["artifact"]:
-        return None
+        return None, None
     path = store.path.parent / row["artifact"]
     if not path.exists():
-        return None
-    return artifacts.load_synset(path)
+        return None, None
+    return artifacts.load_synset(path), row["seconds"]
 
 
 def _store_synset(store, run_id, job, data, event, vers, device) -> None:
@@ -356,7 +372,8 @@ def _store_synset(store, run_id, job, data, event, vers, device) -> None:
         "params": planmod.params_json(job.params_record()), "dataset": job.dataset_spec,
         "conditions": planmod.CONDITIONS, "ipc": job.ipc, "seed": job.seed,
         "status": event["status"], "error": event["error"], "artifact": artifact, "grid": grid,
-        "seconds": event["seconds"], "peak_mem_mb": event["peak_mem_mb"],
+        "seconds": event["seconds"], "iterations": event["iterations"],
+        "seconds_per_iter": event["seconds_per_iter"], "peak_mem_mb": event["peak_mem_mb"],
         "device": device_name(device), "versions": planmod.params_json(vers),
     })
 

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS synsets (
     distill_key TEXT PRIMARY KEY, run_id TEXT, method TEXT, params TEXT, dataset TEXT,
     conditions TEXT, ipc INTEGER, seed INTEGER, status TEXT, error TEXT, artifact TEXT,
-    grid TEXT, seconds REAL, peak_mem_mb REAL, device TEXT, versions TEXT, created REAL
+    grid TEXT, seconds REAL, iterations INTEGER, seconds_per_iter REAL, peak_mem_mb REAL,
+    device TEXT, versions TEXT, created REAL
 );
 CREATE TABLE IF NOT EXISTS results (
     cell_key TEXT PRIMARY KEY, distill_key TEXT, run_id TEXT, method TEXT, params TEXT,
@@ -44,8 +45,8 @@ RESULT_COLUMNS = (
 )
 SYNSET_COLUMNS = (
     "distill_key", "run_id", "method", "params", "dataset", "conditions", "ipc", "seed",
-    "status", "error", "artifact", "grid", "seconds", "peak_mem_mb", "device", "versions",
-    "created",
+    "status", "error", "artifact", "grid", "seconds", "iterations", "seconds_per_iter",
+    "peak_mem_mb", "device", "versions", "created",
 )
 
 

@@ -81,7 +81,7 @@ def test_default_like_run_stores_every_evaluation_and_resumes(ddb, tmp_path):
     db = sqlite3.connect(store)
     synsets = db.execute("SELECT method, ipc, artifact, grid FROM synsets").fetchall()
     assert len(synsets) == 8
-    for method, ipc, artifact, grid in synsets:
+    for _method, ipc, artifact, grid in synsets:
         t = load_file(str(store.parent / artifact))
         assert t["images"].shape == (10 * ipc, 1, 8, 8) and t["labels"].dtype == torch.int64
         assert (store.parent / grid).read_bytes()[:4] == b"\x89PNG"

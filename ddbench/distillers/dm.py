@@ -20,7 +20,7 @@ import torch
 from ddbench import hookimpl
 from ddbench.augment import diff_augment
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
-from ddbench.distillers.random import sample_real
+from ddbench.distillers.random import sample_per_class, sample_real
 
 REAL_CHUNK = 1024  # real images per no-grad forward: bounds activation memory
 
@@ -63,14 +63,13 @@ class DM(Distiller):
         extra = [q for obj in ctx.objectives for q in obj.setup(ctx)]
         if extra:
             opt.add_param_group({"params": extra})
-        syn_counts = torch.bincount(labels, minlength=C).to(device=device, dtype=images.dtype)
 
         for it in range(p.iterations):
             net = ctx.build_model(p.model).to(device)
             net.train()
             for q in net.parameters():
                 q.requires_grad_(False)
-            real, real_y = self._real_batch(ctx, gen)
+            real, real_y = sample_per_class(data, p.batch_real, gen)
             real, real_y = real.to(device), real_y.to(device)
             state = gen.get_state()
             syn = images
@@ -78,11 +77,7 @@ class DM(Distiller):
                 syn = diff_augment(images, strategy, groups=labels, generator=gen, num_groups=C)
                 gen.set_state(state)  # the real batch gets the same transform per class
                 real = diff_augment(real, strategy, groups=real_y, generator=gen, num_groups=C)
-            mean_real = self._class_means(net, real, real_y, C)
-            emb_syn = net.embed(syn)
-            mean_syn = torch.zeros(C, emb_syn.shape[1], device=device, dtype=emb_syn.dtype)
-            mean_syn = mean_syn.index_add(0, labels, emb_syn) / syn_counts.unsqueeze(1)
-            loss = ((mean_real - mean_syn) ** 2).sum()
+            loss = matching_loss(net, syn, labels, real, real_y, C)
             if ctx.objectives:
                 loss = loss + ctx.objectives_loss(
                     StepContext(net.features, syn, labels, real, real_y, it, C)
@@ -94,25 +89,31 @@ class DM(Distiller):
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
 
-    def _real_batch(self, ctx: DistillContext, gen: torch.Generator):
-        xs, ys = [], []
-        for c in range(ctx.data.num_classes):
-            x = ctx.data.sample_class(c, self.params.batch_real, gen)
-            xs.append(x)
-            ys.append(torch.full((len(x),), c, dtype=torch.long))
-        return torch.cat(xs), torch.cat(ys)
 
-    @staticmethod
-    @torch.no_grad()
-    def _class_means(net, real, real_y, C):
-        sums = None
-        for start in range(0, len(real), REAL_CHUNK):
-            emb = net.embed(real[start : start + REAL_CHUNK])
-            if sums is None:
-                sums = torch.zeros(C, emb.shape[1], device=emb.device, dtype=emb.dtype)
-            sums.index_add_(0, real_y[start : start + REAL_CHUNK], emb)
-        counts = torch.bincount(real_y, minlength=C).to(sums.dtype).clamp_min(1)
-        return sums / counts.unsqueeze(1)
+def matching_loss(net, syn, syn_y, real, real_y, num_classes: int) -> torch.Tensor:
+    """Sum over classes of ||mean embed(real_c) - mean embed(syn_c)||^2 (real side detached)."""
+    mean_real = class_means(net, real, real_y, num_classes)
+    emb_syn = net.embed(syn)
+    sums = torch.zeros(num_classes, emb_syn.shape[1], device=emb_syn.device, dtype=emb_syn.dtype)
+    counts = torch.bincount(syn_y, minlength=num_classes).to(emb_syn.dtype).clamp_min(1)
+    mean_syn = sums.index_add(0, syn_y, emb_syn) / counts.unsqueeze(1)
+    return ((mean_real - mean_syn) ** 2).sum()
+
+
+@torch.no_grad()
+def class_means(net, x, y, num_classes: int) -> torch.Tensor:
+    """Per-class mean embedding without a graph, in chunks of REAL_CHUNK images (in one
+    forward when the net has batch norm, whose statistics depend on the whole batch)."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    chunk = len(x) if has_bn else REAL_CHUNK
+    sums = None
+    for start in range(0, len(x), chunk):
+        emb = net.embed(x[start : start + chunk])
+        if sums is None:
+            sums = torch.zeros(num_classes, emb.shape[1], device=emb.device, dtype=emb.dtype)
+        sums.index_add_(0, y[start : start + chunk], emb)
+    counts = torch.bincount(y, minlength=num_classes).to(sums.dtype).clamp_min(1)
+    return sums / counts.unsqueeze(1)
 
 
 @hookimpl

@@ -6,16 +6,23 @@ import torch
 
 from ddbench import hookimpl
 from ddbench.components import DistillContext, Distiller, SyntheticSet
+from ddbench.data.bundle import DataBundle
+
+
+def sample_per_class(data: DataBundle, n: int, generator: torch.Generator):
+    """``n`` random real images of every class (all of a class when it has fewer): (x, y)."""
+    images, labels = [], []
+    for c in range(data.num_classes):
+        x = data.sample_class(c, n, generator)
+        images.append(x)
+        labels.append(torch.full((len(x),), c, dtype=torch.long))
+    return torch.cat(images), torch.cat(labels)
 
 
 def sample_real(ctx: DistillContext, generator: torch.Generator) -> SyntheticSet:
     """``ipc`` random real images of every class (also the ``init real`` of DM/DC/MTT)."""
-    images, labels = [], []
-    for c in range(ctx.data.num_classes):
-        x = ctx.data.sample_class(c, ctx.ipc, generator)
-        images.append(x)
-        labels.append(torch.full((len(x),), c, dtype=torch.long))
-    return SyntheticSet(torch.cat(images).clone(), torch.cat(labels))
+    x, y = sample_per_class(ctx.data, ctx.ipc, generator)
+    return SyntheticSet(x.clone(), y)
 
 
 class Random(Distiller):
