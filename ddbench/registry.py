@@ -3,14 +3,16 @@
 Built-in modules are registered as ordinary plugins; third parties declare an entry
 point in the ``ddbench`` group. ``DDBENCH_PLUGINS`` (comma-separated entry-point names,
 empty for none) restricts which installed plugins load, so a test suite never sees the
-developer's plugins. A plugin that fails to import is recorded and reported; the rest
-keep working. Two components with one name are an error naming both origins.
+developer's plugins; ``DDBENCH_TRACE_HOOKS=1`` prints every hook call. A plugin that
+fails to import is recorded and reported; the rest keep working. Two components with
+one name are an error naming both origins.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -43,6 +45,8 @@ BUILTIN_PLUGINS = (
 
 ENTRY_POINT_GROUP = "ddbench"
 PLUGINS_ENV = "DDBENCH_PLUGINS"
+#: set to 1 to print every hook call and its result (for plugin authors)
+TRACE_ENV = "DDBENCH_TRACE_HOOKS"
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,13 @@ class Registry:
         self.pm = pm
         self.failures = failures
         self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        # the register hooks are called one implementation at a time to know each
+        # component's origin; the tracer (DDBENCH_TRACE_HOOKS) still sees every call
+        trace = pm.trace.root.get("hook")
         for kind in KINDS:
             hook = getattr(pm.hook, f"register_{kind}")
             for impl in hook.get_hookimpls():
+                trace(f"register_{kind} [{impl.plugin_name}]")
                 origin = _origin(impl.plugin_name, impl.plugin, dists)
 
                 def register(cls, _kind=kind, _origin=origin):
@@ -163,7 +171,13 @@ def plugin_manager(extra_plugins=()):
         dists[ep.name] = package
     for plugin in extra_plugins:
         pm.register(plugin)
-    pm.check_pending()
+    try:
+        pm.check_pending()  # a misspelled hook name fails loudly instead of doing nothing
+    except pluggy.PluginValidationError as exc:
+        raise DDBenchError(f"plugin {exc.plugin!r}: {exc}") from None
+    if os.environ.get(TRACE_ENV):
+        pm.trace.root.setwriter(lambda line: sys.stderr.write(line))
+        pm.enable_tracing()
     return pm, failures, dists
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA as SHARED
 
 from ddbench.data import builtin, cache
 from ddbench.errors import DDBenchError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 ]

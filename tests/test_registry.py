@@ -104,3 +104,15 @@ def test_list_one_kind(ddb):
     assert res.code == 0 and "convnet" in res.out and "distillers" not in res.out
     bad = ddb("list", "widgets")
     assert bad.code == 2 and "widgets" in bad.err
+
+
+def test_misspelled_hook_fails_loudly(fake_plugin):
+    fake_plugin("typo", "import ddbench\n\n@ddbench.hookimpl\ndef register_distiller(register):\n    pass\n")
+    with pytest.raises(DDBenchError, match="register_distiller"):
+        load_registry()
+
+
+def test_hook_tracing_for_plugin_authors(monkeypatch, capsys):
+    monkeypatch.setenv("DDBENCH_TRACE_HOOKS", "1")
+    load_registry()
+    assert "register_distillers" in capsys.readouterr().err
