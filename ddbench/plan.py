@@ -133,45 +133,40 @@ class Resolver:
         self.sets = sets
         self.used: set[str] = set()
 
-    def _parsed(self, ns: str, params_cls) -> dict[str, list[Any]]:
+    def _combos(self, ns: str, params_cls, preset_values: dict, sweep: bool = True):
+        """(params, swept) for every combination of ``ns``'s sweep axes (one if none).
+
+        With ``sweep=False``, only the single-valued overrides apply (one result).
+        """
         self.used.add(ns)
-        raw = {k: v for (n, k), v in self.sets.items() if n == ns}
-        out = {}
-        for key, values in raw.items():
-            out[key] = [P.parse_overrides(params_cls, {key: v}, ns)[key] for v in values]
-        return out
+        parsed = {
+            key: [P.parse_overrides(params_cls, {key: v}, ns)[key] for v in values]
+            for (n, key), values in self.sets.items()
+            if n == ns
+        }
+        axes = {k: v for k, v in parsed.items() if len(v) > 1} if sweep else {}
+        fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
+        for combo in itertools.product(*axes.values()):
+            swept = tuple(zip(axes.keys(), combo, strict=True))
+            yield P.build(params_cls, {**preset_values, **fixed, **dict(swept)}, ns), swept
 
     def variants(self, kind: str, name: str) -> list[Resolved]:
         """Every parameter combination of component ``name`` (one unless swept)."""
         entry = self.registry.get(kind, name)
-        parsed = self._parsed(name, entry.cls.Params)
-        base = dict(entry.cls.presets.get(self.preset, {}))
-        axes = {k: v for k, v in parsed.items() if len(v) > 1}
-        fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
-        out = []
-        for combo in itertools.product(*axes.values()):
-            swept = tuple(zip(axes.keys(), combo, strict=True))
-            params = P.build(entry.cls.Params, {**base, **fixed, **dict(swept)}, name)
-            out.append(Resolved(entry, params, swept))
-        return out
+        presets = entry.cls.presets.get(self.preset, {})
+        return [Resolved(entry, p, s) for p, s in self._combos(name, entry.cls.Params, presets)]
 
     def single(self, kind: str, name: str) -> Resolved:
         """The component with its non-swept parameters (for distillation-time models)."""
         entry = self.registry.get(kind, name)
-        parsed = self._parsed(name, entry.cls.Params)
-        base = dict(entry.cls.presets.get(self.preset, {}))
-        fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
-        return Resolved(entry, P.build(entry.cls.Params, {**base, **fixed}, name))
+        presets = entry.cls.presets.get(self.preset, {})
+        ((params, _),) = self._combos(name, entry.cls.Params, presets, sweep=False)
+        return Resolved(entry, params)
 
     def protocols(self) -> list[tuple[proto.Protocol, tuple]]:
-        parsed = self._parsed(proto.NAMESPACE, proto.ProtocolParams)
-        base = dict(proto.PRESETS[self.preset])
-        axes = {k: v for k, v in parsed.items() if len(v) > 1}
-        fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
         out = []
-        for combo in itertools.product(*axes.values()):
-            swept = tuple(zip(axes.keys(), combo, strict=True))
-            params = P.build(proto.ProtocolParams, {**base, **fixed, **dict(swept)}, proto.NAMESPACE)
+        presets = proto.PRESETS[self.preset]
+        for params, swept in self._combos(proto.NAMESPACE, proto.ProtocolParams, presets):
             if params.num_eval < 1 or params.epochs < 0:
                 raise DDBenchError("eval.num_eval must be >= 1 and eval.epochs >= 0")
             out.append((proto.Protocol(params, self.preset), swept))
