@@ -77,6 +77,7 @@ def run_cmd(methods, datasets, ipc, models, seeds, sets, preset, store, data_roo
     click.echo(summary_table(summary.jobs, summary.rows))
     click.echo(f"\nstore: {options.store} (run {summary.run_id}; {summary.ran} evaluation(s) run, "
                f"{summary.skipped} already stored, {summary.failed} failed)")
+    click.echo(f"synthetic sets and image grids: {Path(options.store).parent / 'artifacts'}")
     if summary.failed:
         for r in summary.rows:
             if r["status"] != "ok":
