@@ -41,7 +41,7 @@ class Shifty(ddbench.Objective):
         calls.append(step.step)
         feats = step.features(step.syn_images)
         assert len(feats) == 3 and step.real_images.shape[0] > 0
-        return self.params.weight * step.syn_images.pow(2).mean()
+        return step.syn_images.pow(2).mean()  # ddbench scales it by weight()
 
 calls = []
 finished = []
