@@ -53,10 +53,20 @@ class Progress:
 
     def _head(self) -> str:
         pct = 100 * self.done / self.total if self.total else 100
-        return f"[{self.done}/{self.total} cells {pct:3.0f}%]"
+        elapsed = time.perf_counter() - self._start
+        eta = ""
+        if 0 < self.done < self.total:
+            eta = f", ~{_clock(elapsed / self.done * (self.total - self.done))} left"
+        return f"[{self.done}/{self.total} cells {pct:3.0f}% {_clock(elapsed)}{eta}]"
 
     def _print(self, line: str) -> None:
         if self.tty:
             self.stream.write("\r\033[K")
         self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
