@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ddbench.allocator import inference_chunk
 from ddbench.augment import diff_augment
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
@@ -39,7 +40,6 @@ class ProtocolParams:
     dsa: bool = True
     #: "auto" = the dataset's default strategy (no flip for digit datasets)
     dsa_strategy: str = "auto"
-    test_batch: int = 1024
 
 
 #: preset -> overrides of the defaults above (the defaults are the reference's, i.e. "paper")
@@ -106,12 +106,13 @@ def evaluate(
         progress(ep + 1, epochs + 1)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"evaluation training loss is {float(loss)}")
-    return test_accuracy(net, data, device, p.test_batch)
+    return test_accuracy(net, data, device)
 
 
 @torch.no_grad()
-def test_accuracy(net, data: DataBundle, device, batch: int = 1024) -> float:
+def test_accuracy(net, data: DataBundle, device) -> float:
     net.eval()
+    batch = inference_chunk(device)
     correct = 0
     for start in range(0, len(data.x_test), batch):
         xb = data.x_test[start : start + batch].to(device)

@@ -22,6 +22,7 @@ import torch
 
 from ddbench import __version__, artifacts
 from ddbench import plan as planmod
+from ddbench.allocator import tune_allocator
 from ddbench.components import DistillContext, SyntheticSet
 from ddbench.cost import device_name, measure
 from ddbench.data.bundle import DataBundle
@@ -286,6 +287,7 @@ class RunSummary:
 
 
 def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummary:
+    tune_allocator()
     check_writable(Path(options.store))  # fail before the (slow) data loading
     prepared = prepare(options, registry)
     for w in prepared.warnings:

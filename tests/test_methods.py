@@ -72,7 +72,7 @@ def test_class_means_chunking_does_not_change_the_result(monkeypatch):
     net = convnet(width=8).build(1, 3, (8, 8))
     x, y = torch.randn(50, 1, 8, 8), torch.randint(0, 3, (50,))
     whole = class_means(net, x, y, 3)
-    monkeypatch.setattr(dm, "REAL_CHUNK", 7)
+    monkeypatch.setattr(dm, "inference_chunk", lambda device: 7)
     torch.testing.assert_close(class_means(net, x, y, 3), whole, rtol=1e-5, atol=1e-6)
 
 
@@ -128,3 +128,17 @@ def test_evaluation_learns_something_on_digits():
     acc = evaluate(net, SyntheticSet(data.x_train[:200], data.y_train[:200]), data,
                    Protocol(ProtocolParams(epochs=30), "small"), 0, torch.device("cpu"))
     assert acc > 0.7
+
+
+def test_allocator_tuning_applies_once_and_can_be_turned_off(monkeypatch):
+    import sys
+
+    import ddbench.allocator as alloc
+
+    monkeypatch.setattr(alloc, "_done", False)
+    monkeypatch.setenv("DDBENCH_MALLOC_TUNING", "0")
+    assert alloc.tune_allocator() is False
+    monkeypatch.delenv("DDBENCH_MALLOC_TUNING")
+    expected = sys.platform.startswith("linux")
+    assert alloc.tune_allocator() is expected
+    assert alloc.inference_chunk(torch.device("cpu")) == alloc.CPU_CHUNK

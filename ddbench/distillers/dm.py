@@ -18,11 +18,10 @@ from typing import Literal
 import torch
 
 from ddbench import hookimpl
+from ddbench.allocator import inference_chunk
 from ddbench.augment import diff_augment
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import sample_per_class, sample_real
-
-REAL_CHUNK = 1024  # real images per no-grad forward: bounds activation memory
 
 
 class DM(Distiller):
@@ -102,10 +101,10 @@ def matching_loss(net, syn, syn_y, real, real_y, num_classes: int) -> torch.Tens
 
 @torch.no_grad()
 def class_means(net, x, y, num_classes: int) -> torch.Tensor:
-    """Per-class mean embedding without a graph, in chunks of REAL_CHUNK images (in one
+    """Per-class mean embedding without a graph, in chunks (see ``ddbench.allocator``; in one
     forward when the net has batch norm, whose statistics depend on the whole batch)."""
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-    chunk = len(x) if has_bn else REAL_CHUNK
+    chunk = len(x) if has_bn else inference_chunk(x.device)
     sums = None
     for start in range(0, len(x), chunk):
         emb = net.embed(x[start : start + chunk])
