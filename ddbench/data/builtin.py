@@ -174,11 +174,11 @@ class _FileDataset(DatasetSpec):
 
     # -- per dataset
     def folder(self, root: Path) -> Path:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define this")
 
     def expected(self) -> list[str]:
         """File names the decoder reads, relative to ``folder``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define this")
 
     def expected_text(self) -> str:
         return ", ".join(self.expected())
@@ -187,10 +187,10 @@ class _FileDataset(DatasetSpec):
         """Make present files readable (e.g. gunzip); runs before the existence check."""
 
     def urls(self) -> list[str]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define this")
 
     def download(self, root: Path) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define this")
 
     def download_creates(self, root: Path) -> list[Path]:
         """Paths a download may create: removed again when it fails."""
@@ -198,7 +198,7 @@ class _FileDataset(DatasetSpec):
         return [folder / f for f in self.expected()]
 
     def decode(self, root: Path) -> RawSplits:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define this")
 
     # -- shared
     def missing(self, folder: Path) -> list[str]:
