@@ -266,3 +266,14 @@ def test_unwritable_store(ddb, tmp_path, where):
     res = ddb("run", "--store", str(store), *TINY)
     assert res.code == 2 and res.err.count("\n") == 1
     assert "store" in res.err and "--store" in res.err or "directory" in res.err
+
+
+def test_data_root_comes_from_the_option_then_the_environment_then_datasets(ddb, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path / "from-env"))
+    res = ddb("run", "--datasets", "mnist", "--store", str(tmp_path / "r.sqlite"))
+    assert res.code == 2 and str(tmp_path / "from-env" / "MNIST" / "raw") in res.err
+    res = ddb("run", "--datasets", "mnist", "--data-root", str(tmp_path / "opt"), "--store", str(tmp_path / "r.sqlite"))
+    assert res.code == 2 and str(tmp_path / "opt" / "MNIST" / "raw") in res.err
+    monkeypatch.delenv("DDBENCH_DATA")
+    res = ddb("run", "--datasets", "mnist", "--store", str(tmp_path / "r.sqlite"))
+    assert res.code == 2 and "datasets/MNIST/raw" in res.err
