@@ -38,6 +38,7 @@ BUILTIN_PLUGINS = (
     "ddbench.distillers.random",
     "ddbench.distillers.full",
     "ddbench.distillers.dm",
+    "ddbench.distillers.gradient_matching",
     "ddbench.models.convnet",
     "ddbench.data.builtin",
     "ddbench.executors.local",

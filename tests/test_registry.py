@@ -31,7 +31,7 @@ def register_distillers(register):
 
 def test_builtins_register_through_the_hooks():
     reg = load_registry()
-    assert {"random", "full", "dm"} <= set(reg.names("distillers"))
+    assert {"random", "full", "dm", "dc", "dsa"} <= set(reg.names("distillers"))
     assert "convnet" in reg.names("models")
     assert {"digits", "mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "imagefolder"} <= set(
         reg.names("datasets")
@@ -46,7 +46,7 @@ def test_builtins_register_through_the_hooks():
 
 def test_unknown_component_lists_valid_choices():
     reg = load_registry()
-    with pytest.raises(DDBenchError, match=r"unknown distiller 'nope'; valid choices: dm, full, random"):
+    with pytest.raises(DDBenchError, match=r"unknown distiller 'nope'; valid choices: dc, dm, dsa, full, random"):
         reg.get("distillers", "nope")
 
 

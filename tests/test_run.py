@@ -218,14 +218,14 @@ def test_console_script_and_module_entry_points(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ddbench", "run", "--methods", "nope"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2
-    assert bad.stderr == "ddbench: error: unknown distiller 'nope'; valid choices: dm, full, random\n"
+    assert bad.stderr == "ddbench: error: unknown distiller 'nope'; valid choices: dc, dm, dsa, full, random\n"
     assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--methods", "random,nope"], "unknown distiller 'nope'; valid choices: dm, full, random"),
+        (["--methods", "random,nope"], "unknown distiller 'nope'; valid choices: dc, dm, dsa, full, random"),
         (["--methods", "dm+nope"], "unknown objective 'nope'; valid choices: (none registered)"),
         (["--methods", "dm+"], "malformed method 'dm+'"),
         (["--datasets", "digitz"], "unknown dataset 'digitz'; valid choices: cifar10, cifar100, digits"),
@@ -238,7 +238,7 @@ def test_console_script_and_module_entry_points(tmp_path):
         (["--set", "dm.lr=1"], "unknown parameter dm.lr; valid parameters of dm: batch_real, dsa"),
         (["--set", "dm.iterations=ten"], "invalid value 'ten' for dm.iterations: expected int"),
         (["--set", "dm.init=zeros"], "invalid value 'zeros' for dm.init; valid choices: real, noise"),
-        (["--set", "dc.lr_img=1"], "--set dc.lr_img: no component is named 'dc'; valid names: cifar10"),
+        (["--set", "xx.lr_img=1"], "--set xx.lr_img: no component is named 'xx'; valid names: cifar10"),
         (["--methods", "random", "--set", "dm.lr=1"], "unknown parameter dm.lr; valid parameters of dm"),
         (["--set", "eval.nope=1"], "unknown parameter eval.nope; valid parameters of eval: batch"),
         (["--datasets", "mnist"], "dataset 'mnist'"),

@@ -1,0 +1,195 @@
+"""``dc`` and ``dsa``: dataset condensation by gradient matching (Zhao, Mopuri, Bilen, ICLR
+2021) and its differentiable-Siamese-augmentation variant (Zhao & Bilen, ICML 2021).
+
+Faithful to ``VICO-UoE/DatasetCondensation/main.py``: a fresh network every outer
+iteration; ``outer_loop`` times: (batch-norm nets: running statistics from 16 real images
+per class, then frozen) for each class, the gradient of the CE loss on 256 real images
+(detached) is matched by the gradient on the class's synthetic images (``create_graph``)
+with the layer-wise distance; one SGD step on the images (lr 0.1, momentum 0.5); then,
+except after the last outer step, ``inner_loop`` epochs of training the network on the
+synthetic set (plain SGD lr 0.01, batch 256). ``dsa`` applies one Siamese DSA transform
+per class to the real and synthetic batch, and per-sample DSA in the inner loop; ``dc``
+uses no augmentation during synthesis, as the reference (``dc_aug_param=None``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ddbench import hookimpl
+from ddbench.augment import diff_augment
+from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
+from ddbench.distillers.random import sample_per_class, sample_real
+
+#: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
+REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+BN_IMAGES_PER_CLASS = 16
+
+
+def loops_for(ipc: int) -> tuple[int, int]:
+    """The reference schedule; an IPC outside it takes the schedule of the nearest listed
+    IPC, ties to the smaller (the reference exits instead)."""
+    nearest = min(REFERENCE_LOOPS, key=lambda k: (abs(k - ipc), k))
+    return REFERENCE_LOOPS[nearest]
+
+
+def layer_distance(gr: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
+    """Reference ``distance_wb``: sum over output units of 1 - cos(real row, syn row).
+
+    Conv weights are rows of out x (in*h*w), linear weights out x in; 1-D parameters
+    (biases, norm affines) contribute nothing.
+    """
+    if gr.dim() == 1:
+        return gs.new_zeros(())
+    if gr.dim() == 4:
+        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
+    elif gr.dim() == 3:
+        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
+    dots = (gr * gs).sum(-1)
+    return (1 - dots / (gr.norm(dim=-1) * gs.norm(dim=-1) + 1e-6)).sum()
+
+
+def match_loss(gw_syn, gw_real, metric: str) -> torch.Tensor:
+    """Reference ``match_loss``: 'ours' (layer-wise), 'mse' or 'cos' over all gradients."""
+    if metric == "ours":
+        return sum(layer_distance(r, s) for r, s in zip(gw_real, gw_syn, strict=True))
+    real = torch.cat([g.reshape(-1) for g in gw_real])
+    syn = torch.cat([g.reshape(-1) for g in gw_syn])
+    if metric == "mse":
+        return ((syn - real) ** 2).sum()
+    return 1 - (real * syn).sum() / (real.norm() * syn.norm() + 1e-6)
+
+
+def _batchnorms(net: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+class DC(Distiller):
+    """Gradient matching (DC, Zhao et al. 2021): synthetic gradients match real ones per class."""
+
+    name = "dc"
+
+    @dataclass
+    class Params:
+        iterations: int = 1000
+        lr_img: float = 0.1
+        momentum: float = 0.5
+        lr_net: float = 0.01
+        batch_real: int = 256
+        batch_train: int = 256
+        init: Literal["noise", "real"] = "noise"
+        dis_metric: Literal["ours", "mse", "cos"] = "ours"
+        #: 0 = the reference schedule for the IPC (see ``loops_for``)
+        outer_loop: int = 0
+        inner_loop: int = 0
+        dsa: bool = False
+        #: "auto" = the dataset's default strategy (no flip for digit datasets)
+        dsa_strategy: str = "auto"
+        model: str = "convnet"
+
+    presets = {"small": {"iterations": 10, "batch_real": 64}}
+
+    def distill(self, ctx: DistillContext) -> SyntheticSet:
+        p = self.params
+        data, device, C = ctx.data, ctx.device, ctx.data.num_classes
+        gen = ctx.generator()
+        if p.init == "real":
+            init = sample_real(ctx, gen)
+            images, labels = init.images, init.labels
+        else:
+            labels = torch.arange(C).repeat_interleave(ctx.ipc)
+            images = torch.randn((len(labels), data.channels, *data.image_size), generator=gen)
+        images = images.to(device).requires_grad_(True)
+        labels = labels.to(device)
+        strategy = data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy
+        ref_outer, ref_inner = loops_for(ctx.ipc)
+        outer = p.outer_loop or ref_outer
+        inner = p.inner_loop or ref_inner
+        opt_img = torch.optim.SGD([images], lr=p.lr_img, momentum=p.momentum)
+        extra = [q for obj in ctx.objectives for q in obj.setup(ctx)]
+        if extra:
+            opt_img.add_param_group({"params": extra})
+        by_class = [(labels == c).nonzero().flatten() for c in range(C)]
+
+        for it in range(p.iterations):
+            net = ctx.build_model(p.model).to(device)
+            net.train()
+            params = [q for q in net.parameters() if q.requires_grad]
+            opt_net = torch.optim.SGD(params, lr=p.lr_net)
+            bns = _batchnorms(net)
+            for ol in range(outer):
+                if bns:  # running statistics from real data, then frozen
+                    net.train()
+                    x_bn, _ = sample_per_class(data, BN_IMAGES_PER_CLASS, gen)
+                    with torch.no_grad():
+                        net(x_bn.to(device))
+                    for m in bns:
+                        m.eval()
+                loss = images.new_zeros(())
+                for c in range(C):
+                    real = data.sample_class(c, p.batch_real, gen).to(device)
+                    syn = images[by_class[c]]
+                    if p.dsa:
+                        state = gen.get_state()
+                        real = diff_augment(real, strategy, groups=torch.zeros(len(real), dtype=torch.long),
+                                            generator=gen, num_groups=1)
+                        gen.set_state(state)  # the same transform for the synthetic images
+                        syn = diff_augment(syn, strategy, groups=torch.zeros(len(syn), dtype=torch.long),
+                                           generator=gen, num_groups=1)
+                    y_real = torch.full((len(real),), c, device=device, dtype=torch.long)
+                    gw_real = torch.autograd.grad(F.cross_entropy(net(real), y_real), params)
+                    gw_real = [g.detach() for g in gw_real]
+                    gw_syn = torch.autograd.grad(F.cross_entropy(net(syn), labels[by_class[c]]), params,
+                                                 create_graph=True)
+                    loss = loss + match_loss(gw_syn, gw_real, p.dis_metric)
+                if ctx.objectives:
+                    real_x, real_y = sample_per_class(data, p.batch_real, gen)
+                    loss = loss + ctx.objectives_loss(StepContext(
+                        net.features, images, labels, real_x.to(device), real_y.to(device),
+                        it * outer + ol, C))
+                ctx.check_finite(loss, it)
+                opt_img.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_img.step()
+                if ol == outer - 1:
+                    break
+                self._train_net(net, opt_net, images.detach(), labels, inner, strategy, gen)
+            ctx.progress(it + 1, p.iterations)
+        return SyntheticSet(images.detach().cpu(), labels.cpu())
+
+    def _train_net(self, net, opt, x, y, epochs, strategy, gen) -> None:
+        """Reference ``epoch('train', ...)`` on the synthetic set, ``epochs`` times."""
+        p = self.params
+        net.train()  # the reference's epoch('train') unfreezes batch norm again
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=gen).to(x.device)
+            for start in range(0, len(x), p.batch_train):
+                idx = perm[start : start + p.batch_train]
+                xb = x[idx]
+                if p.dsa:
+                    xb = diff_augment(xb, strategy, generator=gen)
+                loss = F.cross_entropy(net(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+
+class DSA(DC):
+    """DSA (Zhao & Bilen 2021): gradient matching with Siamese augmentation, real init."""
+
+    name = "dsa"
+
+    @dataclass
+    class Params(DC.Params):
+        init: Literal["noise", "real"] = "real"
+        dsa: bool = True
+
+
+@hookimpl
+def register_distillers(register):
+    register(DC)
+    register(DSA)
