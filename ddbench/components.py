@@ -110,6 +110,14 @@ class DistillContext:
         g.manual_seed((self.seed * 1_000_003 + salt) % (2**63))
         return g
 
+    def image_optimizer(self, images: torch.Tensor, lr: float, momentum: float) -> torch.optim.SGD:
+        """SGD on the synthetic images, plus the objectives' own parameters (e.g. heads)."""
+        opt = torch.optim.SGD([images], lr=lr, momentum=momentum)
+        extra = [q for obj in self.objectives for q in obj.setup(self)]
+        if extra:
+            opt.add_param_group({"params": extra})
+        return opt
+
     def objectives_loss(self, step: StepContext) -> torch.Tensor | float:
         """Weighted sum of the attached objectives' losses at this step (0 when none)."""
         total: torch.Tensor | float = 0.0

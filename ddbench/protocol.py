@@ -84,20 +84,10 @@ def evaluate(
     epochs = synset.epochs if synset.epochs is not None else p.epochs
     lr = synset.lr if synset.lr is not None else p.lr
     net = net.to(device)
-    net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay)
     decay_at = epochs // 2 + 1
     for ep in range(epochs + 1):
-        perm = torch.randperm(len(x), generator=gen).to(device)
-        for start in range(0, len(x), p.batch):
-            idx = perm[start : start + p.batch]
-            xb = x[idx]
-            if p.dsa:
-                xb = diff_augment(xb, strategy, generator=gen)
-            loss = F.cross_entropy(net(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        loss = train_epoch(net, opt, x, y, p.batch, strategy if p.dsa else None, gen)
         if ep == decay_at:
             lr *= 0.1
             opt = torch.optim.SGD(
@@ -107,6 +97,22 @@ def evaluate(
     if not torch.isfinite(loss):
         raise FloatingPointError(f"evaluation training loss is {float(loss)}")
     return test_accuracy(net, data, device)
+
+
+def train_epoch(net, opt, x, y, batch: int, dsa_strategy: str | None, gen) -> torch.Tensor:
+    """The reference ``epoch('train', ...)``: one shuffled pass, per-sample DSA if given."""
+    net.train()
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    for start in range(0, len(x), batch):
+        idx = perm[start : start + batch]
+        xb = x[idx]
+        if dsa_strategy is not None:
+            xb = diff_augment(xb, dsa_strategy, generator=gen)
+        loss = F.cross_entropy(net(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss
 
 
 @torch.no_grad()

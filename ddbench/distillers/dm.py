@@ -21,7 +21,7 @@ from ddbench import hookimpl
 from ddbench.allocator import inference_chunk
 from ddbench.augment import diff_augment
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
-from ddbench.distillers.random import sample_per_class, sample_real
+from ddbench.distillers.random import init_synthetic, sample_per_class
 
 
 class DM(Distiller):
@@ -49,19 +49,9 @@ class DM(Distiller):
         data, device = ctx.data, ctx.device
         gen = ctx.generator()
         C = data.num_classes
-        if p.init == "real":
-            init = sample_real(ctx, gen)
-            images, labels = init.images, init.labels
-        else:
-            labels = torch.arange(C).repeat_interleave(ctx.ipc)
-            images = torch.randn((len(labels), data.channels, *data.image_size), generator=gen)
-        images = images.to(device).requires_grad_(True)
-        labels = labels.to(device)
+        images, labels = init_synthetic(ctx, p.init, gen)
         strategy = data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy
-        opt = torch.optim.SGD([images], lr=p.lr_img, momentum=p.momentum)
-        extra = [q for obj in ctx.objectives for q in obj.setup(ctx)]
-        if extra:
-            opt.add_param_group({"params": extra})
+        opt = ctx.image_optimizer(images, p.lr_img, p.momentum)
 
         for it in range(p.iterations):
             net = ctx.build_model(p.model).to(device)

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ddbench import hookimpl
 from ddbench.augment import diff_augment
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
-from ddbench.distillers.random import sample_per_class, sample_real
+from ddbench.distillers.random import init_synthetic, sample_per_class
+from ddbench.protocol import train_epoch
 
 #: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -97,22 +98,12 @@ class DC(Distiller):
         p = self.params
         data, device, C = ctx.data, ctx.device, ctx.data.num_classes
         gen = ctx.generator()
-        if p.init == "real":
-            init = sample_real(ctx, gen)
-            images, labels = init.images, init.labels
-        else:
-            labels = torch.arange(C).repeat_interleave(ctx.ipc)
-            images = torch.randn((len(labels), data.channels, *data.image_size), generator=gen)
-        images = images.to(device).requires_grad_(True)
-        labels = labels.to(device)
+        images, labels = init_synthetic(ctx, p.init, gen)
         strategy = data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy
         ref_outer, ref_inner = loops_for(ctx.ipc)
         outer = p.outer_loop or ref_outer
         inner = p.inner_loop or ref_inner
-        opt_img = torch.optim.SGD([images], lr=p.lr_img, momentum=p.momentum)
-        extra = [q for obj in ctx.objectives for q in obj.setup(ctx)]
-        if extra:
-            opt_img.add_param_group({"params": extra})
+        opt_img = ctx.image_optimizer(images, p.lr_img, p.momentum)
         by_class = [(labels == c).nonzero().flatten() for c in range(C)]
 
         for it in range(p.iterations):
@@ -157,26 +148,11 @@ class DC(Distiller):
                 opt_img.step()
                 if ol == outer - 1:
                     break
-                self._train_net(net, opt_net, images.detach(), labels, inner, strategy, gen)
+                for _ in range(inner):  # the reference's epoch('train'), which unfreezes BN
+                    train_epoch(net, opt_net, images.detach(), labels, p.batch_train,
+                                strategy if p.dsa else None, gen)
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
-
-    def _train_net(self, net, opt, x, y, epochs, strategy, gen) -> None:
-        """Reference ``epoch('train', ...)`` on the synthetic set, ``epochs`` times."""
-        p = self.params
-        net.train()  # the reference's epoch('train') unfreezes batch norm again
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=gen).to(x.device)
-            for start in range(0, len(x), p.batch_train):
-                idx = perm[start : start + p.batch_train]
-                xb = x[idx]
-                if p.dsa:
-                    xb = diff_augment(xb, strategy, generator=gen)
-                loss = F.cross_entropy(net(xb), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
 
 class DSA(DC):
     """DSA (Zhao & Bilen 2021): gradient matching with Siamese augmentation, real init."""

@@ -25,6 +25,18 @@ def sample_real(ctx: DistillContext, generator: torch.Generator) -> SyntheticSet
     return SyntheticSet(x.clone(), y)
 
 
+def init_synthetic(ctx: DistillContext, how: str, generator: torch.Generator):
+    """Initial synthetic images on ``ctx.device``, requiring grad, and their labels:
+    ``real`` (random real images per class) or ``noise`` (N(0, 1), the DC default)."""
+    if how == "real":
+        images, labels = sample_per_class(ctx.data, ctx.ipc, generator)
+        images = images.clone()
+    else:
+        labels = torch.arange(ctx.data.num_classes).repeat_interleave(ctx.ipc)
+        images = torch.randn((len(labels), ctx.data.channels, *ctx.data.image_size), generator=generator)
+    return images.to(ctx.device).requires_grad_(True), labels.to(ctx.device)
+
+
 class Random(Distiller):
     """Random real images per class (the 'Random' row of DD tables)."""
 
