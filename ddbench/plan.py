@@ -244,10 +244,12 @@ class Job:
         return "all" if self.ipc is None else str(self.ipc)
 
     def params_record(self) -> dict:
-        return {
-            self.base.name: self.base.params_dict(),
-            **{o.name: o.params_dict() for o in self.objectives},
-        }
+        return method_params(self.base, self.objectives)
+
+
+def method_params(base: Resolved, objectives: list[Resolved]) -> dict:
+    """{component name: params} of a method: part of its key and of every stored row."""
+    return {base.name: base.params_dict(), **{o.name: o.params_dict() for o in objectives}}
 
 
 def _model_refs(resolved: Resolved) -> list[str]:
@@ -294,7 +296,7 @@ def _job(spec, base, objs, dres, dspec, darg, ipc, seed, distill_models, models,
     rng_seed = seed_of(data_coords, seed)
     key = digest({
         "method": spec.text,
-        "params": {base.name: base.params_dict(), **{o.name: o.params_dict() for o in objs}},
+        "params": method_params(base, objs),
         "distill_models": {n: r.params_dict() for n, r in sorted(distill_models.items())},
         **data_coords,
         "seed": seed,

@@ -112,6 +112,9 @@ class Prepared:
     device: torch.device
     warnings: list[str]
 
+    def bundle(self, job: planmod.Job) -> DataBundle:
+        return self.bundles[_bundle_key(job.dataset_spec, job.dataset)]
+
 
 def _bundle_key(spec: str, resolved: planmod.Resolved) -> str:
     return spec + planmod.params_json(resolved.params_dict())
@@ -149,26 +152,33 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     bundles = {}
     for (spec, arg), res in zip(dataset_specs, dataset_res, strict=True):
         bundles[_bundle_key(spec, res)] = res.instance().load(arg, root, options.download)
-    for job in jobs:
-        bundle = bundles[_bundle_key(job.dataset_spec, job.dataset)]
-        if job.ipc is not None:
-            counts = bundle.class_counts()
-            smallest = min(counts)
-            if job.ipc > smallest:
-                cls = bundle.classes[counts.index(smallest)]
-                raise DDBenchError(
-                    f"ipc {job.ipc} is larger than the smallest class of {job.dataset_spec} "
-                    f"({smallest} training images of class {cls!r}); valid: 1..{smallest}"
-                )
-    _check_models(jobs, bundles)
-    return Prepared(jobs, bundles, device, warnings)
+    prepared = Prepared(jobs, bundles, device, warnings)
+    _check_ipcs(prepared)
+    _check_models(prepared)
+    return prepared
 
 
-def _check_models(jobs, bundles) -> None:
+def _check_ipcs(prepared: Prepared) -> None:
+    """Every IPC must fit the smallest class of its dataset."""
+    for job in prepared.jobs:
+        if job.ipc is None:
+            continue
+        bundle = prepared.bundle(job)
+        counts = bundle.class_counts()
+        smallest = min(counts)
+        if job.ipc > smallest:
+            cls = bundle.classes[counts.index(smallest)]
+            raise DDBenchError(
+                f"ipc {job.ipc} is larger than the smallest class of {job.dataset_spec} "
+                f"({smallest} training images of class {cls!r}); valid: 1..{smallest}"
+            )
+
+
+def _check_models(prepared: Prepared) -> None:
     """Every model must build for its dataset's shape (e.g. ConvNet too deep for 8x8)."""
     seen = set()
-    for job in jobs:
-        bundle = bundles[_bundle_key(job.dataset_spec, job.dataset)]
+    for job in prepared.jobs:
+        bundle = prepared.bundle(job)
         models = [c.model for c in job.cells] + list(job.distill_models.values())
         for res in models:
             key = (res.label, planmod.params_json(res.params_dict()), job.dataset_spec)
@@ -314,7 +324,7 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
         pending = [c for c in job.cells if c.key not in done]
         if not pending:
             continue
-        bundle = prepared.bundles[_bundle_key(job.dataset_spec, job.dataset)]
+        bundle = prepared.bundle(job)
         stored, seconds = _stored_synset(store, job.key)
         tasks.append(Task(job, pending, stored, seconds, bundle, device, prog))
     ran = failed = 0

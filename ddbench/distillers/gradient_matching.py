@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ddbench import hookimpl
-from ddbench.augment import diff_augment
+from ddbench.augment import diff_augment, siamese_groups
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
 from ddbench.protocol import train_epoch
@@ -126,10 +126,10 @@ class DC(Distiller):
                     syn = images[by_class[c]]
                     if p.dsa:
                         state = gen.get_state()
-                        real = diff_augment(real, strategy, groups=torch.zeros(len(real), dtype=torch.long),
+                        real = diff_augment(real, strategy, groups=siamese_groups([len(real)]),
                                             generator=gen, num_groups=1)
                         gen.set_state(state)  # the same transform for the synthetic images
-                        syn = diff_augment(syn, strategy, groups=torch.zeros(len(syn), dtype=torch.long),
+                        syn = diff_augment(syn, strategy, groups=siamese_groups([len(syn)]),
                                            generator=gen, num_groups=1)
                     y_real = torch.full((len(real),), c, device=device, dtype=torch.long)
                     gw_real = torch.autograd.grad(F.cross_entropy(net(real), y_real), params)
