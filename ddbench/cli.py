@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -98,17 +99,67 @@ def _dry_run(options: RunOptions, registry) -> None:
     from tabulate import tabulate
 
     rows = []
+    status = {buf.key: buf.status() for _, buf in prepared.buffers()}
     for job in prepared.jobs:
         n_done = sum(c.key in done for c in job.cells)
         models = sorted({c.model_label for c in job.cells})
+        buf = prepared.experts.get(job.key)
         rows.append([job.label, job.dataset_spec, job.ipc_label, job.seed, ",".join(models),
-                     len(job.cells), n_done, job.key[:10]])
+                     len(job.cells), n_done, status[buf.key] if buf else "-", job.key[:10]])
     click.echo(tabulate(rows, headers=["method", "dataset", "ipc", "seed", "models", "cells",
-                                       "stored", "key"], disable_numparse=True))
+                                       "stored", "experts", "key"], disable_numparse=True))
     total = sum(len(j.cells) for j in prepared.jobs)
     click.echo(f"\n{len(prepared.jobs)} synthetic set(s), {total} evaluation cell(s), "
                f"{len(done)} already stored, {total - len(done)} to run "
                f"(preset {options.preset}, device {prepared.device})")
+
+
+@cli.command("experts")
+@click.option("--methods", default="mtt", show_default=True,
+              help="Methods whose expert trajectories to build (those that use experts).")
+@click.option("--datasets", default=",".join(D.datasets), show_default=True, help="Comma list of datasets.")
+@click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True,
+              help="IPC values (the paper preset's settings can depend on them).")
+@click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
+              help="Set a parameter, as for `ddbench run`. Repeatable.")
+@click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS))
+@click.option("--data-root", default=None, help="Data folder [default: $DDBENCH_DATA or datasets/].")
+@click.option("--download", is_flag=True, help="Download missing datasets into the data root.")
+@click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dry-run", is_flag=True, help="Show which buffers are present and which to build.")
+def experts_cmd(methods, datasets, ipc, sets, preset, data_root, download, device, dry_run):
+    """Train (or show) the expert trajectories that `ddbench run` with the same options needs.
+
+    Buffers are cached under the data root and shared by every run and method with the
+    same recipe; `ddbench run` also builds missing ones on demand.
+    """
+    from ddbench.allocator import tune_allocator
+    from ddbench.runner import build_experts
+
+    options = RunOptions(
+        methods=planmod.split_list(methods), datasets=planmod.split_list(datasets),
+        ipcs=planmod.parse_int_list(ipc, "ipc", 1), seeds=[0], sets=list(sets), preset=preset,
+        data_root=Path(data_root) if data_root else None, download=download, device=device,
+    )
+    tune_allocator()
+    prepared = prepare(options, _registry())
+    buffers = prepared.buffers()
+    if not buffers:
+        raise DDBenchError(f"none of the methods {', '.join(options.methods)} uses expert trajectories")
+    for job, buf in buffers:
+        r = buf.recipe
+        head = (f"{job.dataset_spec} {r.model} x{r.num_experts}, {r.epochs} epochs, lr {r.lr}: "
+                f"{buf.status()}  {buf.folder}")
+        click.echo(head)
+        if not dry_run:
+            start = time.perf_counter()
+            def report(step, total, epochs=r.epochs):
+                if step % epochs == 0:
+                    click.echo(f"  expert {step // epochs}/{total // epochs} trained "
+                               f"({time.perf_counter() - start:.0f} s)")
+
+            trained = build_experts(prepared, job, report)
+            click.echo(f"  trained {trained} expert(s) in {time.perf_counter() - start:.1f} s")
 
 
 @cli.command("list")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ddbench.data.bundle import DataBundle
+    from ddbench.experts import ExpertBuffer, ExpertRecipe
 
 
 class Component:
@@ -29,6 +30,11 @@ class Component:
 
     def __init__(self, params=None):
         self.params = params
+
+    @classmethod
+    def preset_values(cls, preset: str, dataset: str | None, ipc: int | None) -> dict[str, Any]:
+        """Parameter defaults of ``preset`` for a setting; override for per-dataset/IPC tables."""
+        return cls.presets.get(preset, {})
 
     @classmethod
     def summary(cls) -> str:
@@ -91,6 +97,9 @@ class StepContext:
     real_labels: torch.Tensor
     step: int
     num_classes: int
+    #: features of the real images when they come from another network than the synthetic
+    #: ones (MTT: the expert at the target epoch); None = ``features``
+    real_features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -104,6 +113,8 @@ class DistillContext:
     objectives: list[Objective]
     build_model: Callable[..., nn.Module]
     progress: Callable[[int, int], None] = lambda step, total: None
+    #: the expert trajectories the distiller asked for with ``expert_recipe`` (built)
+    experts: ExpertBuffer | None = None
 
     def generator(self, salt: int = 0) -> torch.Generator:
         g = torch.Generator()
@@ -143,6 +154,12 @@ class Distiller(Component):
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
         raise NotImplementedError(f"{type(self).__name__}.distill")
+
+    def expert_recipe(self, data: DataBundle, models: dict[str, dict[str, Any]]) -> ExpertRecipe | None:
+        """Expert trajectories this distiller needs (MTT), given the parameters of the models
+        it builds; the runner builds or loads them (cached, shared by every method with the
+        same recipe) into ``ctx.experts``. Raise ``DDBenchError`` for inconsistent params."""
+        return None
 
 
 class Objective(Component):

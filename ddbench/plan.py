@@ -150,16 +150,18 @@ class Resolver:
             swept = tuple(zip(axes.keys(), combo, strict=True))
             yield P.build(params_cls, {**preset_values, **fixed, **dict(swept)}, ns), swept
 
-    def variants(self, kind: str, name: str) -> list[Resolved]:
-        """Every parameter combination of component ``name`` (one unless swept)."""
+    def variants(self, kind: str, name: str, dataset: str | None = None,
+                 ipc: int | None = None) -> list[Resolved]:
+        """Every parameter combination of component ``name`` (one unless swept); preset
+        values may depend on the dataset and IPC (e.g. MTT's per-setting table)."""
         entry = self.registry.get(kind, name)
-        presets = entry.cls.presets.get(self.preset, {})
+        presets = entry.cls.preset_values(self.preset, dataset, ipc)
         return [Resolved(entry, p, s) for p, s in self._combos(name, entry.cls.Params, presets)]
 
     def single(self, kind: str, name: str) -> Resolved:
         """The component with its non-swept parameters (for distillation-time models)."""
         entry = self.registry.get(kind, name)
-        presets = entry.cls.presets.get(self.preset, {})
+        presets = entry.cls.preset_values(self.preset, None, None)
         ((params, _),) = self._combos(name, entry.cls.Params, presets, sweep=False)
         return Resolved(entry, params)
 
@@ -273,21 +275,21 @@ def build_plan(
     protocols = resolver.protocols()
     jobs: list[Job] = []
     for spec in specs:
-        for base in resolver.variants("distillers", spec.base):
-            obj_variants = [resolver.variants("objectives", o) for o in spec.objectives]
-            for objs in itertools.product(*obj_variants):
-                distill_models = {}
-                for comp in (base, *objs):
-                    for mname in _model_refs(comp):
-                        distill_models[mname] = resolver.single("models", mname)
-                for (dspec, darg), dres in zip(dataset_specs, datasets, strict=True):
-                    job_ipcs = ipcs if base.entry.cls.uses_ipc else [None]
-                    for ipc in job_ipcs:
-                        for seed in seeds:
-                            jobs.append(
-                                _job(spec, base, list(objs), dres, dspec, darg, ipc, seed,
-                                     distill_models, model_variants, protocols)
-                            )
+        base_cls = registry.get("distillers", spec.base).cls
+        for (dspec, darg), dres in zip(dataset_specs, datasets, strict=True):
+            for ipc in (ipcs if base_cls.uses_ipc else [None]):
+                bases = resolver.variants("distillers", spec.base, dres.name, ipc)
+                obj_variants = [resolver.variants("objectives", o, dres.name, ipc) for o in spec.objectives]
+                for base, objs in itertools.product(bases, itertools.product(*obj_variants)):
+                    distill_models = {}
+                    for comp in (base, *objs):
+                        for mname in _model_refs(comp):
+                            distill_models[mname] = resolver.single("models", mname)
+                    for seed in seeds:
+                        jobs.append(
+                            _job(spec, base, list(objs), dres, dspec, darg, ipc, seed,
+                                 distill_models, model_variants, protocols)
+                        )
     return jobs
 
 

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "ddbench.distillers.full",
     "ddbench.distillers.dm",
     "ddbench.distillers.gradient_matching",
+    "ddbench.distillers.mtt",
     "ddbench.models.convnet",
     "ddbench.data.builtin",
     "ddbench.executors.local",

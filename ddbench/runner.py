@@ -27,6 +27,7 @@ from ddbench.components import DistillContext, SyntheticSet
 from ddbench.cost import device_name, measure
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
+from ddbench.experts import ExpertBuffer
 from ddbench.progress import Progress
 from ddbench.protocol import evaluate
 from ddbench.registry import Registry
@@ -111,9 +112,41 @@ class Prepared:
     bundles: dict[str, DataBundle]  # by job.dataset key (spec + params)
     device: torch.device
     warnings: list[str]
+    experts: dict[str, ExpertBuffer] = field(default_factory=dict)  # by job key, when needed
 
     def bundle(self, job: planmod.Job) -> DataBundle:
         return self.bundles[_bundle_key(job.dataset_spec, job.dataset)]
+
+    def buffers(self) -> list[tuple[planmod.Job, ExpertBuffer]]:
+        """Distinct expert buffers of the plan, each with the first job that needs it."""
+        seen: dict[str, tuple[planmod.Job, ExpertBuffer]] = {}
+        for job in self.jobs:
+            buf = self.experts.get(job.key)
+            if buf is not None and buf.key not in seen:
+                seen[buf.key] = (job, buf)
+        return list(seen.values())
+
+
+def _expert_buffers(prepared: Prepared, root: Path) -> None:
+    """The expert trajectories each job's distiller asks for (validates their recipe)."""
+    for job in prepared.jobs:
+        models = {n: r.params_dict() for n, r in job.distill_models.items()}
+        recipe = job.base.instance().expert_recipe(prepared.bundle(job), models)
+        if recipe is not None:
+            ident = {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
+                     "conditions": planmod.CONDITIONS}
+            prepared.experts[job.key] = ExpertBuffer(root, ident, recipe)
+
+
+def build_experts(prepared: Prepared, job: planmod.Job, progress=None) -> int:
+    """Train the missing experts of ``job``'s buffer (if any); returns how many."""
+    buf = prepared.experts.get(job.key)
+    if buf is None:
+        return 0
+    data = prepared.bundle(job)
+    model = job.distill_models[buf.recipe.model]
+    return buf.build(data, lambda: model.instance().build(data.channels, data.num_classes, data.image_size),
+                     prepared.device, progress or (lambda step, total: None))
 
 
 def _bundle_key(spec: str, resolved: planmod.Resolved) -> str:
@@ -155,6 +188,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     prepared = Prepared(jobs, bundles, device, warnings)
     _check_ipcs(prepared)
     _check_models(prepared)
+    _expert_buffers(prepared, root)
     return prepared
 
 
@@ -208,6 +242,7 @@ class Task:
     data: DataBundle
     device: torch.device
     progress: Progress | None = None
+    experts: ExpertBuffer | None = None
 
 
 def run_task(task: Task) -> Iterator[dict]:
@@ -238,7 +273,7 @@ def run_task(task: Task) -> Iterator[dict]:
 
         ctx = DistillContext(
             data=data, ipc=job.ipc or 0, seed=job.rng_seed, device=device, objectives=objectives,
-            build_model=build_model, progress=progress,
+            build_model=build_model, progress=progress, experts=task.experts,
         )
         torch.manual_seed(job.rng_seed)
         try:
@@ -326,7 +361,16 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
             continue
         bundle = prepared.bundle(job)
         stored, seconds = _stored_synset(store, job.key)
-        tasks.append(Task(job, pending, stored, seconds, bundle, device, prog))
+        if stored is None and job.key in prepared.experts:  # before distilling, not timed with it
+            if prog:
+                prog.start(f"experts for {job.label} {job.dataset_spec}")
+            trained = build_experts(prepared, job, _reporter(prog, "train experts"))
+            if trained:
+                buf = prepared.experts[job.key]
+                print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_spec} "
+                      f"(cached in {buf.folder})", file=sys.stderr)
+        tasks.append(Task(job, pending, stored, seconds, bundle, device, prog,
+                          prepared.experts.get(job.key)))
     ran = failed = 0
     status = "interrupted"
     try:

@@ -1,0 +1,163 @@
+"""Expert trajectories (MTT's ``buffer.py``): networks trained on the real data, every
+epoch's parameters kept, cached on disk and shared by every method and run that needs them.
+
+A buffer is identified by everything that determines it: the dataset (spec, parameters,
+condition), the model and its parameters, and the training recipe (epochs, lr, momentum,
+weight decay, batch, augmentation, images per class, seed). ``mtt`` and ``mtt+mim`` with
+the same recipe therefore share one buffer, whatever their distillation parameters. The
+number of experts is not part of the key: expert ``i`` is the same whatever the count, so
+asking for more experts later trains only the new ones.
+
+Layout: ``<data root>/.ddbench-cache/experts/<name>-<key>/expert_<i>.safetensors``, each a
+single float32 tensor ``params`` of shape (epochs + 1, num_params) (the initial parameters,
+then one row per epoch) plus the recipe as metadata, and ``recipe.json`` beside them for
+people. Files are written atomically and read with safetensors (no pickle); reading a
+trajectory maps only the two rows a distillation step needs. A file that is unreadable
+or of the wrong shape counts as missing and is trained again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddbench.data.bundle import DataBundle
+from ddbench.data.cache import cache_dir, temp_name
+from ddbench.protocol import train_epoch
+
+#: bump when a change to the training code below changes the trajectories
+FORMAT_VERSION = 1
+SUBDIR = "experts"
+
+
+@dataclass(frozen=True)
+class ExpertRecipe:
+    """How experts are trained: the reference ``buffer.py`` defaults are MTT's defaults."""
+
+    model: str
+    model_params: str  # JSON of the model's parameters (hashable)
+    num_experts: int
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch: int
+    dsa: bool
+    dsa_strategy: str  # resolved (not "auto")
+    #: 0 = every training image; else at most this many per class (CPU budgets)
+    images_per_class: int
+    seed: int
+
+
+def flat_params(net: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).float().cpu()
+
+
+class ExpertBuffer:
+    """The trajectories of one (dataset, condition, recipe): which exist, build, read."""
+
+    def __init__(self, root: Path, dataset_key: dict[str, Any], recipe: ExpertRecipe):
+        self.recipe = recipe
+        # expert i depends on the key and i only: asking for more experts later adds to
+        # the same buffer instead of starting another one
+        trained = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "num_experts"}
+        self.identity = {"format": FORMAT_VERSION, "dataset": dataset_key, "recipe": trained}
+        from ddbench.plan import digest
+
+        self.key = digest(self.identity, 16)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dataset_key.get("dataset", "data")))[:30]
+        self.folder = cache_dir(root) / SUBDIR / f"{name.strip('_.') or 'data'}-{self.key}"
+
+    def path(self, i: int) -> Path:
+        return self.folder / f"expert_{i}.safetensors"
+
+    def _valid(self, i: int, num_params: int | None = None) -> bool:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path(i)), framework="pt") as f:
+                shape = f.get_slice("params").get_shape()
+                meta = f.metadata() or {}
+        except Exception:  # absent, truncated, not safetensors
+            return False
+        return (shape[0] == self.recipe.epochs + 1 and (num_params is None or shape[1] == num_params)
+                and meta.get("key") == self.key)
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.recipe.num_experts) if not self._valid(i)]
+
+    def status(self) -> str:
+        """"present (N)" or "to build (k of N)": for ``--dry-run`` and ``ddbench experts``."""
+        n, miss = self.recipe.num_experts, len(self.missing())
+        return f"present ({n})" if not miss else f"to build ({miss} of {n})"
+
+    def build(
+        self,
+        data: DataBundle,
+        build_model: Callable[[], torch.nn.Module],
+        device: torch.device,
+        progress: Callable[[int, int], None] = lambda step, total: None,
+    ) -> int:
+        """Train the missing experts; returns how many were trained."""
+        missing = self.missing()
+        if not missing:
+            return 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "recipe.json").write_text(json.dumps(self.identity, indent=2, sort_keys=True))
+        r = self.recipe
+        total = len(missing) * r.epochs
+        done = 0
+        for i in missing:
+            gen = torch.Generator()
+            gen.manual_seed(int(self.key[:12], 16) + 7919 * i + r.seed)
+            torch.manual_seed(int(self.key[:12], 16) + 7919 * i + r.seed)
+            x, y = self._training_set(data, gen)
+            x, y = x.to(device), y.to(device)
+            net = build_model().to(device)
+            opt = torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum,
+                                  weight_decay=r.weight_decay)
+            rows = [flat_params(net)]
+            for _ in range(r.epochs):
+                loss = train_epoch(net, opt, x, y, r.batch, r.dsa_strategy if r.dsa else None, gen)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"expert {i} diverged (loss {float(loss)}); lower the expert lr")
+                rows.append(flat_params(net))
+                done += 1
+                progress(done, total)
+            self._save(i, torch.stack(rows))
+        return len(missing)
+
+    def _training_set(self, data: DataBundle, gen: torch.Generator):
+        per = self.recipe.images_per_class
+        if per <= 0:
+            return data.x_train, data.y_train
+        idx = torch.cat([data.class_indices(c)[torch.randperm(len(data.class_indices(c)), generator=gen)[:per]]
+                         for c in range(data.num_classes)])
+        return data.x_train[idx], data.y_train[idx]
+
+    def _save(self, i: int, params: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        target = self.path(i)
+        tmp = temp_name(target)
+        try:
+            save_file({"params": params.contiguous()}, str(tmp), metadata={"key": self.key})
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read(self, i: int, epochs: list[int]) -> list[torch.Tensor]:
+        """Rows ``epochs`` of expert ``i`` (flat parameter vectors), reading only those."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path(i)), framework="pt") as f:
+            sl = f.get_slice("params")
+            return [sl[e : e + 1][0].clone() for e in epochs]

@@ -1,0 +1,162 @@
+"""MTT: the trajectory loss, gradients through the unroll, expert caching, presets."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+from conftest import rows
+
+from ddbench.distillers.mtt import MTT, PAPER_TABLE, Student, trajectory_loss, unroll
+from ddbench.models.convnet import ConvNetModule
+
+EXPERTS = ("--set", "mtt.train_epochs=2", "--set", "mtt.max_start_epoch=1", "--set", "mtt.expert_epochs=1")
+RUN = ("--methods", "mtt", "--ipc", "1", "--set", "mtt.iterations=3", *EXPERTS, "--set", "eval.epochs=2",
+       "--set", "eval.num_eval=1", "--quiet")
+
+
+def _tiny(dtype=torch.float64):
+    torch.manual_seed(0)
+    net = ConvNetModule(1, 3, (8, 8), width=4, depth=1, act="relu", norm="instancenorm",
+                        pooling="avgpooling").to(dtype)
+    student = Student(net)
+    start = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    images = torch.randn(6, 1, 8, 8, dtype=dtype, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    return student, start, images, labels
+
+
+def _loss(student, start, images, labels, lr, target, seed=0, steps=3, batch=4):
+    gen = torch.Generator().manual_seed(seed)
+    theta = unroll(student, start.clone(), images, labels, lr, steps, batch, None, gen)
+    return trajectory_loss(theta, start, target)
+
+
+def test_loss_is_zero_when_the_student_lands_on_the_target():
+    student, start, images, labels = _tiny()
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    landed = unroll(student, start.clone(), images, labels, lr, 3, 4, None, gen).detach()
+    assert _loss(student, start, images, labels, lr, landed).item() == pytest.approx(0, abs=1e-20)
+    elsewhere = landed + 0.01 * torch.randn_like(landed)
+    assert _loss(student, start, images, labels, lr, elsewhere).item() > 1e-6
+    # normalised by the expert's own distance: a student that does not move scores 1
+    assert float(trajectory_loss(start, start, landed)) == pytest.approx(1.0)
+
+
+def test_gradients_match_finite_differences():
+    student, start, images, labels = _tiny()
+    target = start + 0.05 * torch.randn_like(start)
+    lr = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    loss = _loss(student, start, images, labels, lr, target)
+    g_lr, g_img = torch.autograd.grad(loss, [lr, images])
+    h = 1e-6
+    up = _loss(student, start, images, labels, torch.tensor(0.2 + h, dtype=torch.float64), target)
+    down = _loss(student, start, images, labels, torch.tensor(0.2 - h, dtype=torch.float64), target)
+    fd = (float(up) - float(down)) / (2 * h)
+    assert float(g_lr) == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    assert abs(fd) > 1e-4  # the check is not vacuous
+    direction = torch.randn_like(images)
+    lr0 = torch.tensor(0.2, dtype=torch.float64)
+    up = _loss(student, start, (images + h * direction).detach(), labels, lr0, target)
+    down = _loss(student, start, (images - h * direction).detach(), labels, lr0, target)
+    fd_img = (float(up) - float(down)) / (2 * h)
+    assert float((g_img * direction).sum()) == pytest.approx(fd_img, rel=1e-5, abs=1e-9)
+
+
+def test_student_is_the_network_at_the_flat_parameters():
+    student, start, images, _ = _tiny()
+    with torch.no_grad():
+        assert torch.allclose(student(start, images), student.net(images))
+        feats = student.features(start)(images)
+        assert torch.allclose(feats[-1], student.net.features(images)[-1])
+        assert not torch.allclose(student(start + 1.0, images), student.net(images))
+
+
+def test_experts_are_built_once_and_shared(ddb, tmp_path):
+    store = tmp_path / "r.sqlite"
+    res = ddb("run", *RUN, "--seeds", "0", "--store", str(store))
+    assert res.code == 0, res.err
+    assert "trained 2 expert(s) for mtt on digits" in res.err
+    files = sorted((tmp_path / "datasets" / ".ddbench-cache" / "experts").glob("*/expert_*.safetensors"))
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    # another seed and another distillation parameter: new synthetic sets, the same experts
+    res = ddb("run", *RUN, "--seeds", "1", "--set", "mtt.lr_img=50", "--store", str(store))
+    assert res.code == 0, res.err
+    assert "trained" not in res.err
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert len(rows(store)) == 2 and all(r["status"] == "ok" for r in rows(store))
+    # a damaged expert counts as missing and is trained again (only that one)
+    files[0].write_bytes(b"garbage")
+    dry = ddb("run", *RUN, "--seeds", "2", "--store", str(store), "--dry-run")
+    assert dry.code == 0 and "to build (1 of 2)" in dry.out, dry.out
+    res = ddb("run", *RUN, "--seeds", "2", "--store", str(store))
+    assert "trained 1 expert(s)" in res.err
+    assert files[1].stat().st_mtime_ns == stamps[1]
+    dry = ddb("run", *RUN, "--seeds", "2", "--store", str(store), "--dry-run")
+    assert "present (2)" in dry.out
+
+
+def test_changing_the_expert_recipe_builds_another_buffer(ddb, tmp_path):
+    store = tmp_path / "r.sqlite"
+    assert ddb("run", *RUN, "--seeds", "0", "--store", str(store)).code == 0
+    res = ddb("run", *RUN, "--seeds", "0", "--set", "mtt.expert_lr=0.02", "--store", str(store))
+    assert res.code == 0 and "trained 2 expert(s)" in res.err
+    assert len(list((tmp_path / "datasets" / ".ddbench-cache" / "experts").iterdir())) == 2
+
+
+def test_the_set_carries_its_learned_lr(ddb, tmp_path):
+    store = tmp_path / "r.sqlite"
+    res = ddb("run", *RUN, "--seeds", "0", "--set", "mtt.lr_lr=1e-5", "--store", str(store))
+    assert res.code == 0, res.err
+    from ddbench.artifacts import load_synset
+
+    db = sqlite3.connect(store)
+    (artifact,) = db.execute("SELECT artifact FROM synsets WHERE method='mtt'").fetchone()
+    synset = load_synset(store.parent / artifact)
+    assert synset.lr is not None and synset.lr > 0 and synset.lr != pytest.approx(0.01)
+
+
+def test_inconsistent_epochs_are_a_clear_error(ddb, tmp_path):
+    res = ddb("run", "--methods", "mtt", "--ipc", "1", "--set", "mtt.train_epochs=4",
+              "--set", "mtt.max_start_epoch=4", "--set", "mtt.expert_epochs=2",
+              "--store", str(tmp_path / "r.sqlite"), "--quiet")
+    assert res.code == 2
+    assert "max_start_epoch - 1 + expert_epochs <= train_epochs" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_paper_preset_is_the_per_setting_table():
+    from ddbench.plan import Resolver
+    from ddbench.registry import load_registry
+
+    reg = load_registry()
+    resolver = Resolver(reg, "paper", {})
+    (c10,) = resolver.variants("distillers", "mtt", "cifar10", 10)
+    assert (c10.params.syn_steps, c10.params.expert_epochs, c10.params.max_start_epoch) == (30, 2, 20)
+    assert c10.params.lr_teacher == 0.001 and c10.params.expert_lr == 0.01
+    (c100,) = resolver.variants("distillers", "mtt", "cifar100", 50)
+    assert c100.params.batch_syn == 125 and c100.params.syn_steps == 80
+    (other,) = resolver.variants("distillers", "mtt", "mnist", 10)
+    assert other.params.syn_steps == MTT.Params().syn_steps  # not in the table: reference defaults
+    (overridden,) = Resolver(reg, "paper", {("mtt", "syn_steps"): ["7"]}).variants(
+        "distillers", "mtt", "cifar10", 10)
+    assert overridden.params.syn_steps == 7
+    assert len(PAPER_TABLE) == 6
+
+
+def test_experts_command_builds_what_run_needs(ddb, tmp_path):
+    sets = EXPERTS
+    dry = ddb("experts", "--ipc", "1", *sets, "--dry-run")
+    assert dry.code == 0 and "to build (2 of 2)" in dry.out, dry.err
+    res = ddb("experts", "--ipc", "1", *sets)
+    assert res.code == 0 and "trained 2 expert(s)" in res.out, res.err
+    res = ddb("experts", "--ipc", "1", *sets, "--set", "mtt.num_experts=3")
+    assert "to build (1 of 3)" in res.out and "trained 1 expert(s)" in res.out  # adds, keeps the two
+    run = ddb("run", *RUN, "--seeds", "0", "--store", str(tmp_path / "r.sqlite"))
+    assert run.code == 0 and "trained" not in run.err, run.err
+    bad = ddb("experts", "--methods", "dm")
+    assert bad.code == 2 and "none of the methods dm uses expert trajectories" in bad.err
