@@ -16,7 +16,7 @@ from ddbench.errors import DDBenchError
 from ddbench.registry import KINDS, load_registry
 from ddbench.runner import RunOptions, prepare, run
 from ddbench.store import Store
-from ddbench.summary import summary_table
+from ddbench.summary import cost_table, summary_table
 
 D = RunOptions()
 
@@ -42,6 +42,8 @@ def cli():
 @click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True, help="Images per class, comma list.")
 @click.option("--models", default=",".join(D.models), show_default=True, help="Evaluation models, comma list.")
 @click.option("--seeds", default=",".join(map(str, D.seeds)), show_default=True, help="Distillation seeds, comma list.")
+@click.option("--conditions", default="clean", show_default=True,
+              help="Comma list of data conditions: clean, zca (MTT's ZCA whitening).")
 @click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
               help="Set a parameter (a comma list makes a sweep axis). Repeatable.")
 @click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS),
@@ -53,7 +55,7 @@ def cli():
 @click.option("--executor", default=D.executor, show_default=True, help="Executor plugin.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def run_cmd(methods, datasets, ipc, models, seeds, sets, preset, store, data_root, download,
+def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, store, data_root, download,
             device, executor, dry_run, quiet):
     """Run the cross-product methods × datasets × IPC × models × seeds × sweeps."""
     options = RunOptions(
@@ -62,12 +64,12 @@ def run_cmd(methods, datasets, ipc, models, seeds, sets, preset, store, data_roo
         ipcs=planmod.parse_int_list(ipc, "ipc", 1),
         models=planmod.split_list(models),
         seeds=planmod.parse_int_list(seeds, "seed", 0),
-        sets=list(sets), preset=preset, store=Path(store),
+        conditions=planmod.split_list(conditions), sets=list(sets), preset=preset, store=Path(store),
         data_root=Path(data_root) if data_root else None, download=download,
         device=device, executor=executor, dry_run=dry_run, progress=not quiet,
     )
     for what, values in (("methods", options.methods), ("datasets", options.datasets),
-                         ("models", options.models)):
+                         ("models", options.models), ("conditions", options.conditions)):
         if not values:
             raise DDBenchError(f"--{what} is empty")
     registry = _registry()
@@ -76,6 +78,9 @@ def run_cmd(methods, datasets, ipc, models, seeds, sets, preset, store, data_roo
         return
     summary = run(options, registry, command="ddbench " + " ".join(sys.argv[1:]))
     click.echo(summary_table(summary.jobs, summary.rows))
+    cost = cost_table(summary.jobs, summary.synsets)
+    if cost:
+        click.echo(f"\ndistillation cost (seconds per iteration, peak memory of the process or GPU)\n{cost}")
     click.echo(f"\nstore: {options.store} (run {summary.run_id}; {summary.ran} evaluation(s) run, "
                f"{summary.skipped} already stored, {summary.failed} failed)")
     click.echo(f"synthetic sets and image grids: {Path(options.store).parent / 'artifacts'}")
@@ -104,7 +109,7 @@ def _dry_run(options: RunOptions, registry) -> None:
         n_done = sum(c.key in done for c in job.cells)
         models = sorted({c.model_label for c in job.cells})
         buf = prepared.experts.get(job.key)
-        rows.append([job.label, job.dataset_spec, job.ipc_label, job.seed, ",".join(models),
+        rows.append([job.label, job.dataset_label, job.ipc_label, job.seed, ",".join(models),
                      len(job.cells), n_done, status[buf.key] if buf else "-", job.key[:10]])
     click.echo(tabulate(rows, headers=["method", "dataset", "ipc", "seed", "models", "cells",
                                        "stored", "experts", "key"], disable_numparse=True))
@@ -120,6 +125,8 @@ def _dry_run(options: RunOptions, registry) -> None:
 @click.option("--datasets", default=",".join(D.datasets), show_default=True, help="Comma list of datasets.")
 @click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True,
               help="IPC values (the paper preset's settings can depend on them).")
+@click.option("--conditions", default="clean", show_default=True,
+              help="Comma list of data conditions: clean, zca (MTT's ZCA whitening).")
 @click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
               help="Set a parameter, as for `ddbench run`. Repeatable.")
 @click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS))
@@ -127,7 +134,7 @@ def _dry_run(options: RunOptions, registry) -> None:
 @click.option("--download", is_flag=True, help="Download missing datasets into the data root.")
 @click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dry-run", is_flag=True, help="Show which buffers are present and which to build.")
-def experts_cmd(methods, datasets, ipc, sets, preset, data_root, download, device, dry_run):
+def experts_cmd(methods, datasets, ipc, conditions, sets, preset, data_root, download, device, dry_run):
     """Train (or show) the expert trajectories that `ddbench run` with the same options needs.
 
     Buffers are cached under the data root and shared by every run and method with the
@@ -138,7 +145,8 @@ def experts_cmd(methods, datasets, ipc, sets, preset, data_root, download, devic
 
     options = RunOptions(
         methods=planmod.split_list(methods), datasets=planmod.split_list(datasets),
-        ipcs=planmod.parse_int_list(ipc, "ipc", 1), seeds=[0], sets=list(sets), preset=preset,
+        ipcs=planmod.parse_int_list(ipc, "ipc", 1), seeds=[0], conditions=planmod.split_list(conditions),
+        sets=list(sets), preset=preset,
         data_root=Path(data_root) if data_root else None, download=download, device=device,
     )
     tune_allocator()
@@ -148,12 +156,12 @@ def experts_cmd(methods, datasets, ipc, sets, preset, data_root, download, devic
         raise DDBenchError(f"none of the methods {', '.join(options.methods)} uses expert trajectories")
     for job, buf in buffers:
         r = buf.recipe
-        head = (f"{job.dataset_spec} {r.model} x{r.num_experts}, {r.epochs} epochs, lr {r.lr}: "
+        head = (f"{job.dataset_label} {r.model} x{r.num_experts}, {r.epochs} epochs, lr {r.lr}: "
                 f"{buf.status()}  {buf.folder}")
         click.echo(head)
         if not dry_run:
             start = time.perf_counter()
-            def report(step, total, epochs=r.epochs):
+            def report(step, total, epochs=r.epochs, start=start):
                 if step % epochs == 0:
                     click.echo(f"  expert {step // epochs}/{total // epochs} trained "
                                f"({time.perf_counter() - start:.0f} s)")

@@ -27,7 +27,6 @@ from ddbench.errors import DDBenchError
 from ddbench.registry import KINDS, Entry, Registry
 
 PRESETS = ("small", "paper")
-CONDITIONS = "clean"
 
 
 def digest(obj: Any, n: int = 20) -> str:
@@ -231,6 +230,7 @@ class Job:
     dataset_spec: str
     dataset_arg: str | None
     ipc: int | None  # None: the method ignores IPC (``full``)
+    condition: str  # ``ddbench.conditions``: clean, zca, ...
     seed: int
     rng_seed: int
     distill_models: dict[str, Resolved]
@@ -240,6 +240,11 @@ class Job:
     def label(self) -> str:
         parts = [self.base.label] + [o.label for o in self.objectives]
         return "+".join(parts)
+
+    @property
+    def dataset_label(self) -> str:
+        """The dataset as tables show it: ``cifar10``, or ``cifar10 [zca]`` under a condition."""
+        return self.dataset_spec if self.condition == "clean" else f"{self.dataset_spec} [{self.condition}]"
 
     @property
     def ipc_label(self) -> str:
@@ -269,6 +274,7 @@ def build_plan(
     ipcs: list[int],
     models: list[str],
     seeds: list[int],
+    conditions: list[str],
 ) -> list[Job]:
     specs = [parse_method(m, registry) for m in methods]
     model_variants = [v for m in models for v in resolver.variants("models", m)]
@@ -285,16 +291,17 @@ def build_plan(
                     for comp in (base, *objs):
                         for mname in _model_refs(comp):
                             distill_models[mname] = resolver.single("models", mname)
-                    for seed in seeds:
+                    for condition, seed in itertools.product(conditions, seeds):
                         jobs.append(
-                            _job(spec, base, list(objs), dres, dspec, darg, ipc, seed,
+                            _job(spec, base, list(objs), dres, dspec, darg, ipc, condition, seed,
                                  distill_models, model_variants, protocols)
                         )
     return jobs
 
 
-def _job(spec, base, objs, dres, dspec, darg, ipc, seed, distill_models, models, protocols) -> Job:
-    data_coords = {"dataset": dspec, "dataset_params": dres.params_dict(), "conditions": CONDITIONS, "ipc": ipc}
+def _job(spec, base, objs, dres, dspec, darg, ipc, condition, seed, distill_models, models,
+         protocols) -> Job:
+    data_coords = {"dataset": dspec, "dataset_params": dres.params_dict(), "conditions": condition, "ipc": ipc}
     rng_seed = seed_of(data_coords, seed)
     key = digest({
         "method": spec.text,
@@ -303,7 +310,7 @@ def _job(spec, base, objs, dres, dspec, darg, ipc, seed, distill_models, models,
         **data_coords,
         "seed": seed,
     })
-    job = Job(key, spec, base, objs, dres, dspec, darg, ipc, seed, rng_seed, distill_models)
+    job = Job(key, spec, base, objs, dres, dspec, darg, ipc, condition, seed, rng_seed, distill_models)
     for model in models:
         for protocol, swept in protocols:
             for i in range(protocol.params.num_eval):

@@ -24,6 +24,8 @@ from ddbench import __version__, artifacts
 from ddbench import plan as planmod
 from ddbench.allocator import tune_allocator
 from ddbench.components import DistillContext, SyntheticSet
+from ddbench.conditions import apply as apply_condition
+from ddbench.conditions import parse_conditions
 from ddbench.cost import device_name, measure
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
@@ -44,6 +46,7 @@ class RunOptions:
     ipcs: list[int] = field(default_factory=lambda: [1, 10])
     models: list[str] = field(default_factory=lambda: ["convnet"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    conditions: list[str] = field(default_factory=lambda: ["clean"])
     sets: list[str] = field(default_factory=list)
     preset: str = "small"
     store: Path = Path("results/ddbench.sqlite")
@@ -115,7 +118,7 @@ class Prepared:
     experts: dict[str, ExpertBuffer] = field(default_factory=dict)  # by job key, when needed
 
     def bundle(self, job: planmod.Job) -> DataBundle:
-        return self.bundles[_bundle_key(job.dataset_spec, job.dataset)]
+        return self.bundles[_bundle_key(job.dataset_spec, job.dataset, job.condition)]
 
     def buffers(self) -> list[tuple[planmod.Job, ExpertBuffer]]:
         """Distinct expert buffers of the plan, each with the first job that needs it."""
@@ -134,7 +137,7 @@ def _expert_buffers(prepared: Prepared, root: Path) -> None:
         recipe = job.base.instance().expert_recipe(prepared.bundle(job), models)
         if recipe is not None:
             ident = {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
-                     "conditions": planmod.CONDITIONS}
+                     "conditions": job.condition}
             prepared.experts[job.key] = ExpertBuffer(root, ident, recipe)
 
 
@@ -149,8 +152,8 @@ def build_experts(prepared: Prepared, job: planmod.Job, progress=None) -> int:
                      prepared.device, progress or (lambda step, total: None))
 
 
-def _bundle_key(spec: str, resolved: planmod.Resolved) -> str:
-    return spec + planmod.params_json(resolved.params_dict())
+def _bundle_key(spec: str, resolved: planmod.Resolved, condition: str) -> str:
+    return f"{spec}{planmod.params_json(resolved.params_dict())}/{condition}"
 
 
 def prepare(options: RunOptions, registry: Registry) -> Prepared:
@@ -175,16 +178,19 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
         for res in resolver.variants("datasets", name):
             dataset_specs.append((spec, arg or None))
             dataset_res.append(res)
+    conditions = parse_conditions(options.conditions)
     jobs = planmod.build_plan(
         registry, resolver, options.methods, dataset_res, dataset_specs,
-        options.ipcs, options.models, options.seeds,
+        options.ipcs, options.models, options.seeds, conditions,
     )
     warnings = resolver.check_unused()
     # only now the (possibly slow) loading: every cheaper check has passed
     root = data_root(options.data_root)
     bundles = {}
     for (spec, arg), res in zip(dataset_specs, dataset_res, strict=True):
-        bundles[_bundle_key(spec, res)] = res.instance().load(arg, root, options.download)
+        loaded = res.instance().load(arg, root, options.download)
+        for condition in conditions:
+            bundles[_bundle_key(spec, res, condition)] = apply_condition(loaded, condition, root)
     prepared = Prepared(jobs, bundles, device, warnings)
     _check_ipcs(prepared)
     _check_models(prepared)
@@ -329,6 +335,7 @@ class RunSummary:
     skipped: int
     ran: int
     failed: int
+    synsets: list[dict] = field(default_factory=list)  # the jobs' stored distillations
 
 
 def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummary:
@@ -363,11 +370,11 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
         stored, seconds = _stored_synset(store, job.key)
         if stored is None and job.key in prepared.experts:  # before distilling, not timed with it
             if prog:
-                prog.start(f"experts for {job.label} {job.dataset_spec}")
+                prog.start(f"experts for {job.label} {job.dataset_label}")
             trained = build_experts(prepared, job, _reporter(prog, "train experts"))
             if trained:
                 buf = prepared.experts[job.key]
-                print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_spec} "
+                print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_label} "
                       f"(cached in {buf.folder})", file=sys.stderr)
         tasks.append(Task(job, pending, stored, seconds, bundle, device, prog,
                           prepared.experts.get(job.key)))
@@ -390,13 +397,14 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
         prog.close()
         store.finish_run(run_id, status)
     rows = store.results(all_keys)
-    return RunSummary(run_id, jobs, rows, len(done), ran, failed)
+    synsets = [r for r in (store.synset(j.key) for j in jobs) if r is not None]
+    return RunSummary(run_id, jobs, rows, len(done), ran, failed, synsets)
 
 
 def _run_with_label(task: Task):
     if task.progress:
         job = task.job
-        task.progress.start(f"{job.label} {job.dataset_spec} ipc={job.ipc_label} seed={job.seed}")
+        task.progress.start(f"{job.label} {job.dataset_label} ipc={job.ipc_label} seed={job.seed}")
     for event in run_task(task):
         yield task, event
 
@@ -418,7 +426,7 @@ def _store_synset(store, run_id, job, data, event, vers, device) -> None:
     if synset is not None and job.base.entry.cls.save_artifact:
         rel = Path("artifacts") / f"{job.key}.safetensors"
         info = {"distill_key": job.key, "method": job.method.text, "params": job.params_record(),
-                "dataset": job.dataset_spec, "ipc": job.ipc, "seed": job.seed,
+                "dataset": job.dataset_spec, "conditions": job.condition, "ipc": job.ipc, "seed": job.seed,
                 "mean": data.mean, "std": data.std, "classes": data.classes}
         artifacts.save_synset(store.path.parent / rel, synset, info)
         artifacts.save_grid(store.path.parent / rel.with_suffix(".png"), synset, data)
@@ -426,7 +434,7 @@ def _store_synset(store, run_id, job, data, event, vers, device) -> None:
     store.write_synset({
         "distill_key": job.key, "run_id": run_id, "method": job.label,
         "params": planmod.params_json(job.params_record()), "dataset": job.dataset_spec,
-        "conditions": planmod.CONDITIONS, "ipc": job.ipc, "seed": job.seed,
+        "conditions": job.condition, "ipc": job.ipc, "seed": job.seed,
         "status": event["status"], "error": event["error"], "artifact": artifact, "grid": grid,
         "seconds": event["seconds"], "iterations": event["iterations"],
         "seconds_per_iter": event["seconds_per_iter"], "peak_mem_mb": event["peak_mem_mb"],
@@ -439,7 +447,7 @@ def _result_row(run_id, job, event, vers, rev, device) -> dict:
     return {
         "cell_key": cell.key, "distill_key": job.key, "run_id": run_id, "method": job.label,
         "params": planmod.params_json(job.params_record()), "dataset": job.dataset_spec,
-        "conditions": planmod.CONDITIONS, "ipc": job.ipc, "seed": job.seed,
+        "conditions": job.condition, "ipc": job.ipc, "seed": job.seed,
         "model": cell.model_label, "model_params": planmod.params_json(cell.model.params_dict()),
         "eval_index": cell.eval_index, "protocol": cell.protocol.label,
         "protocol_hash": cell.protocol.hash,

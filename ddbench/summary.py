@@ -29,7 +29,7 @@ def summary_table(jobs, rows: list[dict], tablefmt: str = "simple") -> str:
             methods.append(job.label)
         for cell in job.cells:
             row = by_key.get(cell.key)
-            gkey = (job.dataset_spec, job.ipc_label, cell.model_label, cell.protocol.label)
+            gkey = (job.dataset_label, job.ipc_label, cell.model_label, cell.protocol.label)
             if row is None:
                 continue
             if row["status"] == "ok":
@@ -65,3 +65,23 @@ def summary_table(jobs, rows: list[dict], tablefmt: str = "simple") -> str:
 def _sort_key(gkey):
     dataset, ipc, model, protocol = gkey
     return (dataset, ipc == "all", int(ipc) if ipc.isdigit() else 0, model, protocol)
+
+
+def cost_table(jobs, synsets: list[dict], tablefmt: str = "simple") -> str:
+    """Distillation cost per method × dataset × IPC: seconds per iteration and peak memory
+    (mean and max over seeds), as reviewers of DD papers ask for. Empty when nothing iterates."""
+    by_key = {r["distill_key"]: r for r in synsets if r["status"] == "ok"}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for job in jobs:
+        row = by_key.get(job.key)
+        if row is not None and row["seconds_per_iter"]:
+            groups[(job.label, job.dataset_label, job.ipc_label)].append(row)
+    if not groups:
+        return ""
+    table = []
+    for (method, dataset, ipc), got in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        spi = statistics.fmean(r["seconds_per_iter"] for r in got)
+        table.append([method, dataset, ipc, f"{spi:.3g}", f"{max(r['peak_mem_mb'] for r in got):.0f}",
+                      got[0]["device"]])
+    return tabulate(table, headers=["method", "dataset", "ipc", "s/iter", "peak MB", "device"],
+                    tablefmt=tablefmt, disable_numparse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import zipfile
 
 import pytest
@@ -54,3 +55,20 @@ def test_cifar10_image_folder(ddb, tmp_path):
     assert len(got) == 4 and all(r["status"] == "ok" and r["dataset"] == spec for r in got)
     res = ddb("run", "--datasets", spec, "--ipc", "13", "--store", str(store), *TINY)
     assert res.code == 2 and "ipc 13 is larger than the smallest class" in res.err
+
+
+def test_dc_dsa_and_mtt_beat_random_at_ipc_1_on_mnist(ddb, tmp_path):
+    """The small preset on the real MNIST, 3 seeds (one evaluation network each)."""
+    raw = need_shared("MNIST", "raw")
+    root = tmp_path / "data"
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for f in raw.glob("*.gz"):
+        (root / "MNIST" / "raw" / f.name).symlink_to(f)
+    store = tmp_path / "r.sqlite"
+    methods = ("random", "dc", "dsa", "mtt")
+    res = ddb("run", "--methods", ",".join(methods), "--datasets", "mnist", "--ipc", "1",
+              "--seeds", "0,1,2", "--set", "eval.epochs=60", "--set", "eval.num_eval=1",
+              "--data-root", str(root), "--store", str(store), "--quiet")
+    assert res.code == 0, res.err
+    acc = {m: statistics.fmean(r["accuracy"] for r in rows(store, f"method='{m}'")) for m in methods}
+    assert all(acc[m] > acc["random"] + 0.05 for m in methods[1:]), acc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,6 +26,8 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    #: set by the ``zca`` condition: images are whitened pixels, shown through its inverse
+    zca: Any = None
     _by_class: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -58,6 +61,8 @@ class DataBundle:
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] pixel space, for viewing."""
+        if self.zca is not None:
+            return self.zca.inverse(x).clamp(0, 1)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
         return (x * std + mean).clamp(0, 1)

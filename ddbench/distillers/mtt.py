@@ -204,7 +204,7 @@ class MTT(Distiller):
             opt_lr.step()
             losses.append(loss.item())
             ctx.progress(it + 1, p.iterations)
-        return SyntheticSet(images.detach().cpu(), labels.cpu(), lr=float(syn_lr),
+        return SyntheticSet(images.detach().cpu(), labels.cpu(), lr=syn_lr.item(),
                             meta={"final_loss": losses[-1] if losses else None})
 
 
