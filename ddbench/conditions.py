@@ -85,17 +85,17 @@ def _pixels(data: DataBundle, x: torch.Tensor) -> torch.Tensor:
 
 def _zca_bundle(data: DataBundle, root: Path) -> DataBundle:
     train = _pixels(data, data.x_train)
-    zca = _cached_fit(train, root)
+    zca = _cached_fit(train, data, root)
     return dataclasses.replace(
         data, x_train=zca(train), x_test=zca(_pixels(data, data.x_test)), zca=zca, _by_class=None,
+        _fingerprint=None,
     )
 
 
-def _cached_fit(train: torch.Tensor, root: Path) -> ZCA:
+def _cached_fit(train: torch.Tensor, data: DataBundle, root: Path) -> ZCA:
     from safetensors.torch import load_file, save_file
 
-    h = hashlib.sha256(train.contiguous().numpy().tobytes())
-    h.update(f"eps={ZCA_EPS}".encode())
+    h = hashlib.sha256(f"{data.fingerprint()} {data.mean} {data.std} eps={ZCA_EPS}".encode())
     path = cache_dir(root) / f"zca-{h.hexdigest()[:20]}.safetensors"
     try:
         t = load_file(str(path))

@@ -137,7 +137,7 @@ def _expert_buffers(prepared: Prepared, root: Path) -> None:
         recipe = job.base.instance().expert_recipe(prepared.bundle(job), models)
         if recipe is not None:
             ident = {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
-                     "conditions": job.condition}
+                     "conditions": job.condition, "content": prepared.bundle(job).fingerprint()}
             prepared.experts[job.key] = ExpertBuffer(root, ident, recipe)
 
 

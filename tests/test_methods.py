@@ -142,3 +142,22 @@ def test_allocator_tuning_applies_once_and_can_be_turned_off(monkeypatch):
     expected = sys.platform.startswith("linux")
     assert alloc.tune_allocator() is expected
     assert alloc.inference_chunk(torch.device("cpu")) == alloc.CPU_CHUNK
+
+
+def test_glibc_defaults_gives_large_blocks_back():
+    """Inside ``glibc_defaults`` a freed 400 MB block leaves the process; on the tuned heap it stays."""
+    import ddbench.allocator as alloc
+    from ddbench.cost import _rss_bytes
+
+    if not alloc.tune_allocator():
+        pytest.skip("glibc malloc tuning is not available on this platform")
+
+    def returned_on_free() -> int:
+        x = torch.ones(100_000_000)  # 400 MB, touched
+        during = _rss_bytes()
+        del x
+        return during - _rss_bytes()
+
+    with alloc.glibc_defaults():
+        assert returned_on_free() > 300 * 2**20  # mmap'd: unmapped on free
+    assert returned_on_free() < 100 * 2**20  # tuned heap: kept for reuse

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ class DataBundle:
     #: set by the ``zca`` condition: images are whitened pixels, shown through its inverse
     zca: Any = None
     _by_class: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -49,6 +51,17 @@ class DataBundle:
             counts = torch.bincount(self.y_train, minlength=self.num_classes).tolist()
             self._by_class = list(torch.split(order, counts))
         return self._by_class[c]
+
+    def fingerprint(self) -> str:
+        """sha256 of the training images and labels (computed once): part of the key of
+        anything derived from them (expert trajectories, the ZCA fit)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for t in (self.x_train, self.y_train):
+                h.update(str((t.dtype, tuple(t.shape))).encode())
+                h.update(t.contiguous().view(torch.uint8).numpy().data)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.y_train, minlength=self.num_classes).tolist()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ddbench import hookimpl
+from ddbench.allocator import glibc_defaults
 from ddbench.augment import diff_augment
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
@@ -167,6 +168,12 @@ class MTT(Distiller):
         )
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
+        # the unrolled graph keeps syn_steps x activations alive between temporaries: on the
+        # tuned heap that fragments (see ddbench.allocator), so large blocks use mmap here
+        with glibc_defaults():
+            return self._distill(ctx)
+
+    def _distill(self, ctx: DistillContext) -> SyntheticSet:
         p = self.params
         data, device, C = ctx.data, ctx.device, ctx.data.num_classes
         buffer = ctx.experts
