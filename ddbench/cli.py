@@ -15,6 +15,7 @@ from ddbench import protocol as proto
 from ddbench.errors import DDBenchError
 from ddbench.registry import KINDS, load_registry
 from ddbench.runner import RunOptions, prepare, run
+from ddbench.runner import data_root as data_root_of
 from ddbench.store import Store
 from ddbench.summary import cost_table, summary_table
 
@@ -171,12 +172,18 @@ def experts_cmd(methods, datasets, ipc, conditions, sets, preset, data_root, dow
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice([*KINDS, "eval"]))
-def list_cmd(kind):
-    """Show every registered component with its origin and parameters."""
+@click.argument("kind", required=False, type=click.Choice([*KINDS, "eval", "experts"]))
+@click.option("--data-root", default=None, help="Where to look for cached expert trajectories "
+              "[default: $DDBENCH_DATA or datasets/].")
+def list_cmd(kind, data_root):
+    """Show every registered component with its origin and parameters, and the cached
+    expert trajectories."""
     registry = _registry()
-    kinds = [kind] if kind else [*KINDS, "eval"]
+    kinds = [kind] if kind else [*KINDS, "eval", "experts"]
     for k in kinds:
+        if k == "experts":
+            _list_experts(data_root_of(Path(data_root) if data_root else None))
+            continue
         if k == "eval":
             click.echo(f"eval (the protocol, {proto.NAME}/v{proto.VERSION}; set with --set eval.PARAM=V)")
             click.echo(_params_line(proto.ProtocolParams, proto.PRESETS))
@@ -196,6 +203,21 @@ def list_cmd(kind):
         click.echo("plugins that failed to load")
         for f in registry.failures:
             click.echo(f"  {f.name:<14} {f.package}: {f.error}")
+
+
+def _list_experts(root: Path) -> None:
+    from ddbench.experts import cached_buffers
+
+    buffers = cached_buffers(root)
+    click.echo(f"experts (trajectories cached under {root}; `ddbench experts --dry-run` shows "
+               "what a run needs)")
+    if not buffers:
+        click.echo("  (none cached)")
+    for ident, n, folder in buffers:
+        d, r = ident["dataset"], ident["recipe"]
+        subset = f", {r['images_per_class']} images/class" if r["images_per_class"] else ""
+        click.echo(f"  {d['dataset']} [{d['conditions']}] {r['model']}: {n} expert(s), {r['epochs']} "
+                   f"epochs, lr {r['lr']}{subset}  {folder}")
 
 
 def _params_line(params_cls, presets) -> str:

@@ -161,3 +161,28 @@ class ExpertBuffer:
         with safe_open(str(self.path(i)), framework="pt") as f:
             sl = f.get_slice("params")
             return [sl[e : e + 1][0].clone() for e in epochs]
+
+
+def cached_buffers(root: Path) -> list[tuple[dict, int, Path]]:
+    """(identity, number of readable experts, folder) of each buffer cached under ``root``,
+    for ``ddbench list``."""
+    from safetensors import safe_open
+
+    out = []
+    top = cache_dir(root) / SUBDIR
+    for folder in sorted(top.iterdir()) if top.is_dir() else []:
+        try:
+            identity = json.loads((folder / "recipe.json").read_text())
+        except (OSError, ValueError):
+            continue
+        key, n = folder.name.rsplit("-", 1)[-1], 0
+        for f in folder.glob("expert_*.safetensors"):
+            try:
+                with safe_open(str(f), framework="pt") as st:
+                    ok = (st.metadata() or {}).get("key") == key and \
+                        st.get_slice("params").get_shape()[0] == identity["recipe"]["epochs"] + 1
+            except Exception:
+                ok = False
+            n += ok
+        out.append((identity, n, folder))
+    return out

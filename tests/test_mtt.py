@@ -160,5 +160,7 @@ def test_experts_command_builds_what_run_needs(ddb, tmp_path):
     assert "to build (1 of 3)" in res.out and "trained 1 expert(s)" in res.out  # adds, keeps the two
     run = ddb("run", *RUN, "--seeds", "0", "--store", str(tmp_path / "r.sqlite"))
     assert run.code == 0 and "trained" not in run.err, run.err
+    listed = ddb("list", "experts")
+    assert listed.code == 0 and "digits [clean] convnet: 3 expert(s), 2 epochs, lr 0.01" in listed.out, listed.out
     bad = ddb("experts", "--methods", "dm")
     assert bad.code == 2 and "none of the methods dm uses expert trajectories" in bad.err
