@@ -11,12 +11,18 @@ from conftest import TINY, need_shared, rows
 pytestmark = pytest.mark.slow
 
 
-def test_mnist_random_vs_dm(ddb, tmp_path):
+def _mnist_root(tmp_path):
+    """A data root whose MNIST/raw links to the shared copy."""
     raw = need_shared("MNIST", "raw")
     root = tmp_path / "data"
     (root / "MNIST" / "raw").mkdir(parents=True)
     for f in raw.glob("*.gz"):
         (root / "MNIST" / "raw" / f.name).symlink_to(f)
+    return root
+
+
+def test_mnist_random_vs_dm(ddb, tmp_path):
+    root = _mnist_root(tmp_path)
     store = tmp_path / "r.sqlite"
     res = ddb("run", "--methods", "random,dm", "--datasets", "mnist", "--ipc", "1", "--seeds", "0",
               "--data-root", str(root), "--store", str(store), *TINY)
@@ -59,11 +65,7 @@ def test_cifar10_image_folder(ddb, tmp_path):
 
 def test_dc_dsa_and_mtt_beat_random_at_ipc_1_on_mnist(ddb, tmp_path):
     """The small preset on the real MNIST, 3 seeds (one evaluation network each)."""
-    raw = need_shared("MNIST", "raw")
-    root = tmp_path / "data"
-    (root / "MNIST" / "raw").mkdir(parents=True)
-    for f in raw.glob("*.gz"):
-        (root / "MNIST" / "raw" / f.name).symlink_to(f)
+    root = _mnist_root(tmp_path)
     store = tmp_path / "r.sqlite"
     methods = ("random", "dc", "dsa", "mtt")
     res = ddb("run", "--methods", ",".join(methods), "--datasets", "mnist", "--ipc", "1",

@@ -82,7 +82,7 @@ def unroll(student: Student, start: torch.Tensor, images: torch.Tensor, labels: 
 
     Minibatches cycle through random permutations of the set, as the reference does.
     """
-    theta = start.requires_grad_(True) if not start.requires_grad else start
+    theta = start.requires_grad_(True)
     order: list[torch.Tensor] = []
     for _ in range(steps):
         if not order:
