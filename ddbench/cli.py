@@ -20,6 +20,9 @@ from ddbench.store import Store
 from ddbench.summary import cost_table, summary_table
 
 D = RunOptions()
+CONDITIONS_OPTION = click.option(
+    "--conditions", default=",".join(D.conditions), show_default=True,
+    help="Comma list of data conditions: clean, zca (MTT's ZCA whitening).")
 
 
 def _registry():
@@ -43,8 +46,7 @@ def cli():
 @click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True, help="Images per class, comma list.")
 @click.option("--models", default=",".join(D.models), show_default=True, help="Evaluation models, comma list.")
 @click.option("--seeds", default=",".join(map(str, D.seeds)), show_default=True, help="Distillation seeds, comma list.")
-@click.option("--conditions", default="clean", show_default=True,
-              help="Comma list of data conditions: clean, zca (MTT's ZCA whitening).")
+@CONDITIONS_OPTION
 @click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
               help="Set a parameter (a comma list makes a sweep axis). Repeatable.")
 @click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS),
@@ -126,8 +128,7 @@ def _dry_run(options: RunOptions, registry) -> None:
 @click.option("--datasets", default=",".join(D.datasets), show_default=True, help="Comma list of datasets.")
 @click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True,
               help="IPC values (the paper preset's settings can depend on them).")
-@click.option("--conditions", default="clean", show_default=True,
-              help="Comma list of data conditions: clean, zca (MTT's ZCA whitening).")
+@CONDITIONS_OPTION
 @click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
               help="Set a parameter, as for `ddbench run`. Repeatable.")
 @click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS))
