@@ -79,20 +79,9 @@ class ExpertBuffer:
     def path(self, i: int) -> Path:
         return self.folder / f"expert_{i}.safetensors"
 
-    def _valid(self, i: int, num_params: int | None = None) -> bool:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(self.path(i)), framework="pt") as f:
-                shape = f.get_slice("params").get_shape()
-                meta = f.metadata() or {}
-        except Exception:  # absent, truncated, not safetensors
-            return False
-        return (shape[0] == self.recipe.epochs + 1 and (num_params is None or shape[1] == num_params)
-                and meta.get("key") == self.key)
-
     def missing(self) -> list[int]:
-        return [i for i in range(self.recipe.num_experts) if not self._valid(i)]
+        return [i for i in range(self.recipe.num_experts)
+                if not _readable(self.path(i), self.key, self.recipe.epochs)]
 
     def status(self) -> str:
         """"present (N)" or "to build (k of N)": for ``--dry-run`` and ``ddbench experts``."""
@@ -139,8 +128,7 @@ class ExpertBuffer:
         per = self.recipe.images_per_class
         if per <= 0:
             return data.x_train, data.y_train
-        idx = torch.cat([data.class_indices(c)[torch.randperm(len(data.class_indices(c)), generator=gen)[:per]]
-                         for c in range(data.num_classes)])
+        idx = torch.cat([data.sample_indices(c, per, gen) for c in range(data.num_classes)])
         return data.x_train[idx], data.y_train[idx]
 
     def _save(self, i: int, params: torch.Tensor) -> None:
@@ -166,7 +154,6 @@ class ExpertBuffer:
 def cached_buffers(root: Path) -> list[tuple[dict, int, Path]]:
     """(identity, number of readable experts, folder) of each buffer cached under ``root``,
     for ``ddbench list``."""
-    from safetensors import safe_open
 
     out = []
     top = cache_dir(root) / SUBDIR
@@ -175,14 +162,19 @@ def cached_buffers(root: Path) -> list[tuple[dict, int, Path]]:
             identity = json.loads((folder / "recipe.json").read_text())
         except (OSError, ValueError):
             continue
-        key, n = folder.name.rsplit("-", 1)[-1], 0
-        for f in folder.glob("expert_*.safetensors"):
-            try:
-                with safe_open(str(f), framework="pt") as st:
-                    ok = (st.metadata() or {}).get("key") == key and \
-                        st.get_slice("params").get_shape()[0] == identity["recipe"]["epochs"] + 1
-            except Exception:
-                ok = False
-            n += ok
+        key, epochs = folder.name.rsplit("-", 1)[-1], identity["recipe"]["epochs"]
+        n = sum(_readable(f, key, epochs) for f in folder.glob("expert_*.safetensors"))
         out.append((identity, n, folder))
     return out
+
+
+def _readable(path: Path, key: str, epochs: int) -> bool:
+    """An expert file that opens, belongs to buffer ``key`` and holds ``epochs + 1`` rows."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("key") == key and \
+                f.get_slice("params").get_shape()[0] == epochs + 1
+    except Exception:  # absent, truncated, not safetensors
+        return False

@@ -66,11 +66,14 @@ class DataBundle:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.y_train, minlength=self.num_classes).tolist()
 
+    def sample_indices(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Indices of ``n`` random training images of class ``c`` (all if fewer)."""
+        idx = self.class_indices(c)
+        return idx[torch.randperm(len(idx), generator=generator)[:n]]
+
     def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` random training images of class ``c`` without replacement (all if fewer)."""
-        idx = self.class_indices(c)
-        perm = torch.randperm(len(idx), generator=generator)[:n]
-        return self.x_train[idx[perm]]
+        return self.x_train[self.sample_indices(c, n, generator)]
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] pixel space, for viewing."""
