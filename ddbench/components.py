@@ -27,6 +27,11 @@ class Component:
     Params: ClassVar[type | None] = None
     #: preset name -> {param: value}; applied over the Params defaults, under --set
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: parameter -> component kind it names (e.g. ``{"estimator": "mi_estimators"}``): the
+    #: plan checks the name, resolves that component's parameters (``--set NAME.P=V``) and
+    #: keys the result on them; ``DistillContext.component`` builds it. (A ``model``
+    #: parameter names a model by convention.)
+    references: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params=None):
         self.params = params
@@ -115,6 +120,28 @@ class DistillContext:
     progress: Callable[[int, int], None] = lambda step, total: None
     #: the expert trajectories the distiller asked for with ``expert_recipe`` (built)
     experts: ExpertBuffer | None = None
+    #: ``(kind, name) -> instance`` of a component named by a ``references`` parameter
+    component: Callable[[str, str], Component] | None = None
+    #: scalar series recorded during distillation (stored with the set): name -> [(step, value)]
+    trace: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    _generators: dict[str, torch.Generator] = field(default_factory=dict, repr=False)
+
+    #: salt of the stream ``objective_batch`` draws from
+    OBJECTIVE_SALT: ClassVar[int] = 7_007
+
+    def objective_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real images (``per_class`` of every class) for the objectives, from a stream of
+        their own: attaching an objective never changes what the distiller itself draws."""
+        from ddbench.distillers.random import sample_per_class
+
+        if "objective" not in self._generators:
+            self._generators["objective"] = self.generator(self.OBJECTIVE_SALT)
+        x, y = sample_per_class(self.data, per_class, self._generators["objective"])
+        return x.to(self.device), y.to(self.device)
+
+    def record(self, name: str, step: int, value: float) -> None:
+        """Record a scalar of this distillation (e.g. the MI estimate) at ``step``."""
+        self.trace.setdefault(name, []).append((int(step), float(value)))
 
     def generator(self, salt: int = 0) -> torch.Generator:
         g = torch.Generator()
@@ -122,18 +149,17 @@ class DistillContext:
         return g
 
     def image_optimizer(self, images: torch.Tensor, lr: float, momentum: float) -> torch.optim.SGD:
-        """SGD on the synthetic images, plus the objectives' own parameters (e.g. heads)."""
-        opt = torch.optim.SGD([images], lr=lr, momentum=momentum)
-        extra = [q for obj in self.objectives for q in obj.setup(self)]
-        if extra:
-            opt.add_param_group({"params": extra})
-        return opt
+        """SGD on the synthetic images (objectives train their own parameters themselves)."""
+        return torch.optim.SGD([images], lr=lr, momentum=momentum)
 
     def objectives_loss(self, step: StepContext) -> torch.Tensor | float:
-        """Weighted sum of the attached objectives' losses at this step (0 when none)."""
+        """Weighted sum of the attached objectives' losses at this step (0 when none); records
+        each objective's ``scalars()`` as ``<objective>/<name>`` in the trace."""
         total: torch.Tensor | float = 0.0
         for obj in self.objectives:
             total = total + obj.weight() * obj.loss(step)
+            for key, value in obj.scalars().items():
+                self.record(f"{obj.name}/{key}", step.step, value)
         return total
 
     @staticmethod
@@ -167,15 +193,21 @@ class Objective(Component):
 
     kind = "objectives"
 
-    def setup(self, ctx: DistillContext) -> list[torch.nn.Parameter]:
-        """Called once before distillation; returns extra trainable parameters (e.g. heads)."""
-        return []
+    def setup(self, ctx: DistillContext) -> None:
+        """Called once before distillation (seeded generators, referenced components).
+
+        An objective with trainable parameters of its own (MIM's heads) owns their
+        optimizer: gradients reach them through the distiller's ``loss.backward()``."""
 
     def weight(self) -> float:
         return float(getattr(self.params, "weight", 1.0)) if self.params is not None else 1.0
 
     def loss(self, step: StepContext) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__}.loss")
+
+    def scalars(self) -> dict[str, float]:
+        """Values to record from the latest ``loss`` call (e.g. the MI estimate)."""
+        return {}
 
 
 class MIEstimator(Component):
@@ -186,6 +218,10 @@ class MIEstimator(Component):
     def estimate(self, scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """``scores[i, j]`` critic value of anchor i with candidate j; ``positive`` a bool mask."""
         raise NotImplementedError(f"{type(self).__name__}.estimate")
+
+    def ceiling(self, positive: torch.Tensor) -> float | None:
+        """The largest value the estimator can return for this mask (InfoNCE: log K), or None."""
+        return None
 
 
 class Model(Component):

@@ -2,11 +2,14 @@
 
 A component declares ``Params`` as a dataclass; its field types drive parsing
 (bool/int/float/str and ``Literal[...]`` choices) and ``ddbench list`` shows the defaults.
+A field named after a Python keyword plus ``_`` (``lambda_``) is ``lambda`` everywhere
+outside Python: on the command line, in stored parameters and in keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import typing
 from typing import Any, Literal, get_args, get_origin
 
@@ -25,6 +28,15 @@ class ParamInfo:
     help: str
 
 
+def public(name: str) -> str:
+    """``lambda_`` -> ``lambda``: the user-facing name of a field."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
+
+
+def _field(name: str) -> str:
+    return name + "_" if keyword.iskeyword(name) else name
+
+
 def fields(params_cls) -> list[ParamInfo]:
     """Describe every parameter of a ``Params`` dataclass (name, type, default, choices)."""
     if params_cls is None:
@@ -35,7 +47,7 @@ def fields(params_cls) -> list[ParamInfo]:
         tp = hints[f.name]
         choices = tuple(get_args(tp)) if get_origin(tp) is Literal else None
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append(ParamInfo(f.name, _type_name(tp), default, choices, f.metadata.get("help", "")))
+        out.append(ParamInfo(public(f.name), _type_name(tp), default, choices, f.metadata.get("help", "")))
     return out
 
 
@@ -89,13 +101,13 @@ def build(params_cls, overrides: dict[str, Any], where: str):
         if overrides:
             raise DDBenchError(f"unknown parameter {where}.{next(iter(overrides))!r}; {where} takes no parameters")
         return None
-    valid = {f.name for f in dataclasses.fields(params_cls)}
+    valid = {public(f.name) for f in dataclasses.fields(params_cls)}
     for key in overrides:
         if key not in valid:
             raise DDBenchError(
                 f"unknown parameter {where}.{key}; valid parameters of {where}: {', '.join(sorted(valid))}"
             )
-    return params_cls(**overrides)
+    return params_cls(**{_field(k): v for k, v in overrides.items()})
 
 
 def parse_overrides(params_cls, raw: dict[str, str], where: str) -> dict[str, Any]:
@@ -106,11 +118,11 @@ def parse_overrides(params_cls, raw: dict[str, str], where: str) -> dict[str, An
     hints = typing.get_type_hints(params_cls)
     out = {}
     for key, text in raw.items():
-        if key not in hints:
+        if _field(key) not in hints or key != public(_field(key)):
             build(params_cls, {key: None}, where)  # raises the "unknown parameter" error
-        out[key] = parse_value(hints[key], text, f"{where}.{key}")
+        out[key] = parse_value(hints[_field(key)], text, f"{where}.{key}")
     return out
 
 
 def as_dict(params) -> dict[str, Any]:
-    return {} if params is None else dataclasses.asdict(params)
+    return {} if params is None else {public(k): v for k, v in dataclasses.asdict(params).items()}

@@ -141,13 +141,23 @@ class Resolver:
         parsed = {
             key: [P.parse_overrides(params_cls, {key: v}, ns)[key] for v in values]
             for (n, key), values in self.sets.items()
-            if n == ns
+            if n == ns and (self._has(params_cls, key) or not self._namesake_has(ns, key))
         }
         axes = {k: v for k, v in parsed.items() if len(v) > 1} if sweep else {}
         fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
         for combo in itertools.product(*axes.values()):
             swept = tuple(zip(axes.keys(), combo, strict=True))
             yield P.build(params_cls, {**preset_values, **fixed, **dict(swept)}, ns), swept
+
+    @staticmethod
+    def _has(params_cls, key: str) -> bool:
+        return any(f.name == key for f in P.fields(params_cls))
+
+    def _namesake_has(self, ns: str, key: str) -> bool:
+        """Whether another component named ``ns`` (of another kind: the ``mim`` distiller and
+        the ``mim`` objective) takes ``key``; then ``--set ns.key`` is meant for that one."""
+        return any(e.name == ns and self._has(e.cls.Params, key)
+                   for kind in KINDS for e in self.registry.entries(kind))
 
     def variants(self, kind: str, name: str, dataset: str | None = None,
                  ipc: int | None = None) -> list[Resolved]:
@@ -234,6 +244,8 @@ class Job:
     seed: int
     rng_seed: int
     distill_models: dict[str, Resolved]
+    #: other components the method's parameters name (``references``): (kind, name) -> resolved
+    parts: dict[tuple[str, str], Resolved] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
 
     @property
@@ -287,19 +299,22 @@ def build_plan(
                 bases = resolver.variants("distillers", spec.base, dres.name, ipc)
                 obj_variants = [resolver.variants("objectives", o, dres.name, ipc) for o in spec.objectives]
                 for base, objs in itertools.product(bases, itertools.product(*obj_variants)):
-                    distill_models = {}
+                    distill_models, parts = {}, {}
                     for comp in (base, *objs):
                         for mname in _model_refs(comp):
                             distill_models[mname] = resolver.single("models", mname)
+                        for param, kind in comp.entry.cls.references.items():
+                            ref = getattr(comp.params, param)
+                            parts[(kind, ref)] = resolver.single(kind, ref)
                     for condition, seed in itertools.product(conditions, seeds):
                         jobs.append(
                             _job(spec, base, list(objs), dres, dspec, darg, ipc, condition, seed,
-                                 distill_models, model_variants, protocols)
+                                 distill_models, parts, model_variants, protocols)
                         )
     return jobs
 
 
-def _job(spec, base, objs, dres, dspec, darg, ipc, condition, seed, distill_models, models,
+def _job(spec, base, objs, dres, dspec, darg, ipc, condition, seed, distill_models, parts, models,
          protocols) -> Job:
     data_coords = {"dataset": dspec, "dataset_params": dres.params_dict(), "conditions": condition, "ipc": ipc}
     rng_seed = seed_of(data_coords, seed)
@@ -307,10 +322,13 @@ def _job(spec, base, objs, dres, dspec, darg, ipc, condition, seed, distill_mode
         "method": spec.text,
         "params": method_params(base, objs),
         "distill_models": {n: r.params_dict() for n, r in sorted(distill_models.items())},
+        # only when present, so that the keys of methods without references never change
+        **({"parts": {f"{k}:{n}": r.params_dict() for (k, n), r in sorted(parts.items())}} if parts else {}),
         **data_coords,
         "seed": seed,
     })
-    job = Job(key, spec, base, objs, dres, dspec, darg, ipc, condition, seed, rng_seed, distill_models)
+    job = Job(key, spec, base, objs, dres, dspec, darg, ipc, condition, seed, rng_seed, distill_models,
+              parts)
     for model in models:
         for protocol, swept in protocols:
             for i in range(protocol.params.num_eval):

@@ -270,6 +270,12 @@ def run_task(task: Task) -> Iterator[dict]:
                 raise DDBenchError(f"{job.base.name} builds model {name!r}, which is not planned")
             return res.instance().build(data.channels, data.num_classes, data.image_size)
 
+        def component(kind: str, name: str):
+            res = job.parts.get((kind, name))
+            if res is None:
+                raise DDBenchError(f"{job.label} asks for {kind} {name!r}, which its parameters do not name")
+            return res.instance()
+
         report = _reporter(prog, "distill")
         iterations = [0]
 
@@ -279,11 +285,13 @@ def run_task(task: Task) -> Iterator[dict]:
 
         ctx = DistillContext(
             data=data, ipc=job.ipc or 0, seed=job.rng_seed, device=device, objectives=objectives,
-            build_model=build_model, progress=progress, experts=task.experts,
+            build_model=build_model, progress=progress, experts=task.experts, component=component,
         )
         torch.manual_seed(job.rng_seed)
         try:
             with measure(device) as cost:
+                for obj in objectives:
+                    obj.setup(ctx)
                 synset = distiller.distill(ctx)
             synset.validate(data, job.base.name)
             status, error = "ok", None
@@ -293,7 +301,7 @@ def run_task(task: Task) -> Iterator[dict]:
         distill_seconds = cost.seconds if status == "ok" else None
         yield {"kind": "synset", "status": status, "error": error, "synset": synset,
                "seconds": cost.seconds, "peak_mem_mb": cost.peak_mem_mb,
-               "iterations": iterations[0] or None,
+               "iterations": iterations[0] or None, "trace": ctx.trace,
                "seconds_per_iter": cost.seconds / iterations[0] if iterations[0] else None}
         if synset is None:
             for cell in task.pending:
@@ -439,7 +447,7 @@ def _store_synset(store, run_id, job, data, event, vers, device) -> None:
         "seconds": event["seconds"], "iterations": event["iterations"],
         "seconds_per_iter": event["seconds_per_iter"], "peak_mem_mb": event["peak_mem_mb"],
         "device": device_name(device), "versions": planmod.params_json(vers),
-    })
+    }, trace=event.get("trace"))
 
 
 def _result_row(run_id, job, event, vers, rev, device) -> dict:

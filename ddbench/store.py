@@ -1,4 +1,5 @@
-"""SQLite result store (WAL): one row per evaluation, one per synthetic set, one per run.
+"""SQLite result store (WAL): one row per evaluation, one per synthetic set, one per run,
+and the scalar series recorded while a set was distilled (``traces``: e.g. the MI estimate).
 
 Only the driver process writes. Rows are keyed by content hashes, so re-running a
 command finds what is done: ``ok`` rows are skipped, ``failed`` rows are retried and
@@ -35,6 +36,10 @@ CREATE TABLE IF NOT EXISTS results (
     peak_mem_mb REAL, device TEXT, versions TEXT, git_rev TEXT, created REAL
 );
 CREATE INDEX IF NOT EXISTS results_by_distill ON results(distill_key);
+CREATE TABLE IF NOT EXISTS traces (
+    distill_key TEXT, series TEXT, step INTEGER, value REAL,
+    PRIMARY KEY (distill_key, series, step)
+);
 """
 
 RESULT_COLUMNS = (
@@ -155,10 +160,26 @@ class Store:
         r = self.db.execute("SELECT * FROM synsets WHERE distill_key=?", (distill_key,)).fetchone()
         return dict(r) if r is not None else None
 
-    def write_synset(self, row: dict) -> None:
+    def write_synset(self, row: dict, trace: dict[str, list[tuple[int, float]]] | None = None) -> None:
+        """Insert or replace a set's row and, in the same transaction, its trace."""
         row = {c: row.get(c) for c in SYNSET_COLUMNS} | {"created": time.time()}
         cols = ",".join(SYNSET_COLUMNS)
         marks = ",".join("?" * len(SYNSET_COLUMNS))
         with self.db:
             self.db.execute(f"INSERT OR REPLACE INTO synsets ({cols}) VALUES ({marks})",
                             [row[c] for c in SYNSET_COLUMNS])
+            self.db.execute("DELETE FROM traces WHERE distill_key=?", (row["distill_key"],))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO traces VALUES (?,?,?,?)",
+                [(row["distill_key"], name, step, value)
+                 for name, points in (trace or {}).items() for step, value in points],
+            )
+
+    def trace(self, distill_key: str) -> dict[str, list[tuple[int, float]]]:
+        """The series recorded while ``distill_key`` was distilled: name -> [(step, value)]."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        rows = self.db.execute(
+            "SELECT series, step, value FROM traces WHERE distill_key=? ORDER BY series, step", (distill_key,))
+        for name, step, value in rows:
+            out.setdefault(name, []).append((step, value))
+        return out

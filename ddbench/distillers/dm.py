@@ -66,7 +66,7 @@ class DM(Distiller):
                 syn = diff_augment(images, strategy, groups=labels, generator=gen, num_groups=C)
                 gen.set_state(state)  # the real batch gets the same transform per class
                 real = diff_augment(real, strategy, groups=real_y, generator=gen, num_groups=C)
-            loss = matching_loss(net, syn, labels, real, real_y, C)
+            loss = self.base_loss(net, syn, labels, real, real_y, C)
             if ctx.objectives:
                 loss = loss + ctx.objectives_loss(
                     StepContext(net.features, syn, labels, real, real_y, it, C)
@@ -77,6 +77,10 @@ class DM(Distiller):
             opt.step()
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
+
+    def base_loss(self, net, syn, syn_y, real, real_y, num_classes: int) -> torch.Tensor:
+        """The distiller's own loss at one step (``mim`` alone replaces it by nothing)."""
+        return matching_loss(net, syn, syn_y, real, real_y, num_classes)
 
 
 def matching_loss(net, syn, syn_y, real, real_y, num_classes: int) -> torch.Tensor:

@@ -138,10 +138,9 @@ class DC(Distiller):
                                                  create_graph=True)
                     loss = loss + match_loss(gw_syn, gw_real, p.dis_metric)
                 if ctx.objectives:
-                    real_x, real_y = sample_per_class(data, p.batch_real, gen)
+                    real_x, real_y = ctx.objective_batch(p.batch_real)
                     loss = loss + ctx.objectives_loss(StepContext(
-                        net.features, images, labels, real_x.to(device), real_y.to(device),
-                        it * outer + ol, C))
+                        net.features, images, labels, real_x, real_y, it * outer + ol, C))
                 ctx.check_finite(loss, it)
                 opt_img.zero_grad(set_to_none=True)
                 loss.backward()

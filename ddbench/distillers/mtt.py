@@ -31,7 +31,7 @@ from ddbench import hookimpl
 from ddbench.allocator import glibc_defaults
 from ddbench.augment import diff_augment
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
-from ddbench.distillers.random import init_synthetic, sample_per_class
+from ddbench.distillers.random import init_synthetic
 from ddbench.experts import ExpertRecipe
 
 #: ``paper`` preset: the per-setting table that the MTT authors gave DC-BENCH
@@ -199,9 +199,9 @@ class MTT(Distiller):
                              strategy, gen)
             loss = trajectory_loss(theta_n, start, target)
             if ctx.objectives:
-                real, real_y = sample_per_class(data, p.batch_real, gen)
+                real, real_y = ctx.objective_batch(p.batch_real)
                 loss = loss + ctx.objectives_loss(StepContext(
-                    student.features(theta_n), images, labels, real.to(device), real_y.to(device), it, C,
+                    student.features(theta_n), images, labels, real, real_y, it, C,
                     real_features=student.features(target)))
             ctx.check_finite(loss, it)
             opt_img.zero_grad(set_to_none=True)

@@ -1,0 +1,165 @@
+"""Mutual-information lower bounds from critic scores (component kind ``mi_estimators``).
+
+Every estimator takes ``scores[i, j]``, the critic value of anchor i with candidate j, and
+a boolean ``positive`` mask of the same shape, and returns a differentiable estimate in
+nats; maximising it trains the critic (and whatever produced the scores). Several
+positives per anchor are allowed: MIM4DD's positives are same-class (synthetic, real)
+pairs.
+
+Joint samples are the positive pairs. Samples of the product of marginals are *all*
+(anchor, candidate) pairs of the batch, other-class and same-class alike: leaving the
+same-class ones out would bound a divergence that is infinite for class-level positives,
+whereas with them every estimate bounds I(anchor; candidate), which for label-defined
+positives is at most H(class) = log C. (smile-mi-estimator uses the off-diagonal pairs for
+instance-level positives; with K candidates the difference is O(1/K).)
+
+Everything is computed in log space (``logsumexp``), never ``exp`` then ``log``.
+References: REFERENCE.md section 11; Poole et al. 2019; ``ermongroup/smile-mi-estimator``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ddbench import hookimpl
+from ddbench.components import MIEstimator
+
+
+def _check(scores: torch.Tensor, positive: torch.Tensor) -> None:
+    if scores.dim() != 2 or positive.shape != scores.shape or positive.dtype != torch.bool:
+        raise ValueError(f"expected 2-D scores and a bool mask of the same shape, got "
+                         f"{tuple(scores.shape)} and {positive.dtype} {tuple(positive.shape)}")
+    if not positive.any():
+        raise ValueError("no positive pair in the batch")
+
+
+def log_mean_exp(x: torch.Tensor) -> torch.Tensor:
+    """log(mean(exp(x))) over all entries, stably."""
+    return torch.logsumexp(x.reshape(-1), 0) - math.log(x.numel())
+
+
+def _anchors(scores, positive):
+    """Rows with at least one positive, as float masks."""
+    rows = positive.any(1)
+    return scores[rows], positive[rows].to(scores.dtype)
+
+
+class InfoNCE(MIEstimator):
+    """InfoNCE (van den Oord et al. 2018), multi-positive; at most log(K / positives per anchor)."""
+
+    name = "infonce"
+
+    def estimate(self, scores, positive):
+        _check(scores, positive)
+        s, pos = _anchors(scores, positive)
+        log_ratio = s - (torch.logsumexp(s, 1, keepdim=True) - math.log(s.shape[1]))
+        return ((log_ratio * pos).sum(1) / pos.sum(1)).mean()
+
+    def ceiling(self, positive):
+        pos = positive[positive.any(1)].sum(1).double()
+        return float(torch.log(positive.shape[1] / pos).mean())
+
+
+class NWJ(MIEstimator):
+    """NWJ / f-divergence bound (Nguyen, Wainwright, Jordan 2010): E_P[f] - E_Q[e^(f-1)]."""
+
+    name = "nwj"
+
+    def estimate(self, scores, positive):
+        _check(scores, positive)
+        return scores[positive].mean() - torch.exp(log_mean_exp(scores) - 1)
+
+
+class _EMALogMeanExp(torch.autograd.Function):
+    """log mean exp(t) whose gradient divides by a moving average of mean exp(t) (MINE)."""
+
+    @staticmethod
+    def forward(ctx, t, log_running):
+        ctx.save_for_backward(t, log_running)
+        return log_mean_exp(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, log_running = ctx.saved_tensors
+        return grad * torch.exp(t - log_running) / t.numel(), None
+
+
+class MINE(MIEstimator):
+    """Donsker-Varadhan E_P[T] - log E_Q[e^T] with MINE's moving-average gradient (Belghazi et al. 2018)."""
+
+    name = "mine"
+
+    @dataclass
+    class Params:
+        #: weight of the newest batch in the moving average of E_Q[e^T] (mine-pytorch: 0.01)
+        alpha: float = 0.01
+
+    def __init__(self, params=None):
+        super().__init__(params if params is not None else self.Params())
+        self._log_running: torch.Tensor | None = None
+
+    def estimate(self, scores, positive):
+        _check(scores, positive)
+        current = log_mean_exp(scores.detach())
+        if self._log_running is None:
+            self._log_running = current
+        else:
+            a = self.params.alpha
+            self._log_running = torch.logaddexp(self._log_running + math.log1p(-a), current + math.log(a))
+        return scores[positive].mean() - _EMALogMeanExp.apply(scores, self._log_running.to(scores.dtype))
+
+
+class JSD(MIEstimator):
+    """Jensen-Shannon training signal (Hjelm et al. 2019) with the NWJ value (smile's ``js_lower_bound``)."""
+
+    name = "jsd"
+
+    def estimate(self, scores, positive):
+        _check(scores, positive)
+        js = -F.softplus(-scores[positive]).mean() - F.softplus(scores).mean()
+        nwj = scores[positive].mean() - torch.exp(log_mean_exp(scores) - 1)
+        return js + (nwj - js).detach()
+
+
+class NCE(MIEstimator):
+    """Binary NCE with CRD's critic h = (e^s/Z) / (e^s/Z + N/M): log N + E_P[log h] + N E_Q[log(1-h)]."""
+
+    name = "nce"
+
+    @dataclass
+    class Params:
+        #: CRD's M (its dataset size); 0 = the number of candidates, whose batch is the bank here
+        m: int = 0
+        #: Z = mean(e^s) * M, set once on the first batch (CRD, CMIM) or on every batch
+        normalizer: Literal["first", "batch"] = "first"
+
+    def __init__(self, params=None):
+        super().__init__(params if params is not None else self.Params())
+        self._log_mean: torch.Tensor | None = None
+
+    def estimate(self, scores, positive):
+        _check(scores, positive)
+        p = self.params
+        s, pos = _anchors(scores, positive)
+        n = s.shape[1]  # noise samples per anchor: every candidate (the product of marginals)
+        m = p.m or n
+        if self._log_mean is None or p.normalizer == "batch":
+            self._log_mean = log_mean_exp(scores.detach())
+        # log(e^s / Z) - log(N / M) with Z = mean(e^s) M
+        logit = s - self._log_mean.to(s.dtype) - math.log(n)
+        j = (F.logsigmoid(logit) * pos).sum(1) / pos.sum(1) + F.logsigmoid(-logit).sum(1)
+        return math.log(n) + j.mean()
+
+
+BUILTIN = (InfoNCE, NWJ, MINE, JSD, NCE)
+
+
+@hookimpl
+def register_mi_estimators(register):
+    for cls in BUILTIN:
+        register(cls)

@@ -1,0 +1,1 @@
+"""Built-in objectives: auxiliary losses attached to any distiller with ``base+name``."""
