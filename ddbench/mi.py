@@ -115,19 +115,26 @@ class MINE(MIEstimator):
 
 
 class JSD(MIEstimator):
-    """Jensen-Shannon training signal (Hjelm et al. 2019) with the NWJ value (smile's ``js_lower_bound``)."""
+    """Jensen-Shannon gradients (Hjelm et al. 2019), NWJ value at T + 1 (Poole et al.'s I_JS).
+
+    The JS critic's optimum is T* = log p/q and NWJ's is 1 + log p/q, so the value is
+    NWJ(T + 1): tight at the JS optimum (NWJ(T) would sit 1/e below the truth there)."""
 
     name = "jsd"
 
     def estimate(self, scores, positive):
         _check(scores, positive)
         js = -F.softplus(-scores[positive]).mean() - F.softplus(scores).mean()
-        nwj = scores[positive].mean() - torch.exp(log_mean_exp(scores) - 1)
+        nwj = scores[positive].mean() + 1 - torch.exp(log_mean_exp(scores))
         return js + (nwj - js).detach()
 
 
 class NCE(MIEstimator):
-    """Binary NCE with CRD's critic h = (e^s/Z) / (e^s/Z + N/M): log N + E_P[log h] + N E_Q[log(1-h)]."""
+    """Binary NCE with CRD's critic h = (e^s/Z) / (e^s/Z + N/M): log N + E_P[log h] + N E_Q[log(1-h)].
+
+    A lower bound for any critic, and the loss CRD/CMIM minimise; at the optimal critic the
+    negatives' term costs about E_Q[p/q] = 1 nat, so it sits near I - 1 (CRD quotes the
+    looser-looking log N + E_P[log h*], a bound only at the optimum)."""
 
     name = "nce"
 
