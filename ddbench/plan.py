@@ -131,6 +131,7 @@ class Resolver:
         self.preset = preset
         self.sets = sets
         self.used: set[str] = set()
+        self.applied: set[tuple[str, str]] = set()
 
     def _combos(self, ns: str, params_cls, preset_values: dict, sweep: bool = True):
         """(params, swept) for every combination of ``ns``'s sweep axes (one if none).
@@ -143,6 +144,7 @@ class Resolver:
             for (n, key), values in self.sets.items()
             if n == ns and (self._has(params_cls, key) or not self._namesake_has(ns, key))
         }
+        self.applied.update((ns, key) for key in parsed)
         axes = {k: v for k, v in parsed.items() if len(v) > 1} if sweep else {}
         fixed = {k: v[0] for k, v in parsed.items() if len(v) == 1}
         for combo in itertools.product(*axes.values()):
@@ -203,6 +205,9 @@ class Resolver:
                     for v in values:
                         P.parse_overrides(entries[0].cls.Params, {key[1]: v}, ns)
             warnings.append(f"--set {ns}.* has no effect: {ns!r} is not part of this run")
+        for ns, key in sorted(set(self.sets) - self.applied):
+            if ns in self.used:  # a namesake's parameter (the mim distiller's, in dm+mim)
+                warnings.append(f"--set {ns}.{key} has no effect: no {ns!r} in this run takes {key!r}")
         return warnings
 
 
