@@ -140,8 +140,6 @@ class NCE(MIEstimator):
 
     @dataclass
     class Params:
-        #: CRD's M (its dataset size); 0 = the number of candidates, whose batch is the bank here
-        m: int = 0
         #: Z = mean(e^s) * M, set once on the first batch (CRD, CMIM) or on every batch
         normalizer: Literal["first", "batch"] = "first"
 
@@ -154,10 +152,9 @@ class NCE(MIEstimator):
         p = self.params
         s, pos = _anchors(scores, positive)
         n = s.shape[1]  # noise samples per anchor: every candidate (the product of marginals)
-        m = p.m or n
         if self._log_mean is None or p.normalizer == "batch":
             self._log_mean = log_mean_exp(scores.detach())
-        # log(e^s / Z) - log(N / M) with Z = mean(e^s) M
+        # log(e^s / Z) - log(N / M) with Z = mean(e^s) M: CRD's M (dataset size) cancels
         logit = s - self._log_mean.to(s.dtype) - math.log(n)
         j = (F.logsigmoid(logit) * pos).sum(1) / pos.sum(1) + F.logsigmoid(-logit).sum(1)
         return math.log(n) + j.mean()

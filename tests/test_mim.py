@@ -6,14 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import TINY, rows
 
 from ddbench import artifacts, mi
 from ddbench.components import StepContext
 from ddbench.models.convnet import ConvNet
 from ddbench.objectives.mim import MIM, MIMParams
 from ddbench.store import Store
-
-from conftest import TINY, rows
 
 MIM_TINY = ["--set", "mim.iterations=3", "--set", "dc.iterations=1", "--set", "dsa.iterations=1"]
 
