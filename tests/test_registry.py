@@ -46,7 +46,7 @@ def test_builtins_register_through_the_hooks():
 
 def test_unknown_component_lists_valid_choices():
     reg = load_registry()
-    with pytest.raises(DDBenchError, match=r"unknown distiller 'nope'; valid choices: dc, dm, dsa, full, mtt, random"):
+    with pytest.raises(DDBenchError, match=r"unknown distiller 'nope'; valid choices: dc, dm, dsa, full, mim, mtt, random"):
         reg.get("distillers", "nope")
 
 
@@ -96,7 +96,8 @@ def test_list_shows_every_kind_origin_and_params(ddb):
     assert "iterations=20000 (small: 50)" in res.out
     assert "norm=instancenorm" in res.out and "{instancenorm|batchnorm|layernorm|groupnorm|none}" in res.out
     assert "eval (the protocol, ddbench-eval/v1" in res.out and "epochs=1000 (small: 100)" in res.out
-    assert "objectives\n  (none registered)" in res.out
+    assert "objectives\n  mim " in res.out and "lambda=0.8, beta=2.0" in res.out
+    assert "executors\n  local" in res.out
 
 
 def test_list_one_kind(ddb):
