@@ -140,8 +140,9 @@ class NCE(MIEstimator):
 
     @dataclass
     class Params:
-        #: Z = mean(e^s) * M, set once on the first batch (CRD, CMIM) or on every batch
-        normalizer: Literal["first", "batch"] = "first"
+        #: Z = mean(e^s) * M on every batch, or set once on the first (CRD, CMIM: stale as
+        #: soon as the network changes, and DM/DC draw a new one every iteration)
+        normalizer: Literal["batch", "first"] = "batch"
 
     def __init__(self, params=None):
         super().__init__(params if params is not None else self.Params())

@@ -162,3 +162,18 @@ def test_bad_inputs_are_rejected():
         mi.InfoNCE().estimate(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="bool mask"):
         mi.NWJ().estimate(torch.zeros(2, 2), torch.eye(3, dtype=torch.bool))
+
+
+def test_nce_normaliser_first_batch_or_every_batch():
+    positive = torch.eye(4, dtype=torch.bool)
+    a = torch.zeros(4, 4, dtype=torch.float64)
+    b = torch.full((4, 4), 3.0, dtype=torch.float64)
+    b[positive] = 5.0
+    every, first = mi.NCE(), mi.NCE(mi.NCE.Params(normalizer="first"))
+    assert float(every.estimate(a, positive)) == float(first.estimate(a, positive))
+    assert float(every.estimate(b, positive)) == pytest.approx(slow("nce", b, positive))
+    # CRD's Z stays at the first batch's mean e^0 = 1: h = e^s / (e^s + N)
+    h = [[math.exp(v) / (math.exp(v) + 4) for v in row] for row in b.tolist()]
+    expected = math.log(4) + sum(math.log(h[i][i]) + sum(math.log(1 - x) for x in h[i]) for i in range(4)) / 4
+    assert float(first.estimate(b, positive)) == pytest.approx(expected)
+    assert float(first.estimate(b, positive)) < float(every.estimate(b, positive)) - 1
