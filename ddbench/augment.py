@@ -64,6 +64,11 @@ class DSAParams:
     contrast: float = 0.5
 
 
+def resolve_strategy(name: str, dataset_default: str) -> str:
+    """``"auto"`` means the dataset's default strategy (no flip for digit datasets)."""
+    return dataset_default if name == "auto" else name
+
+
 def parse_strategy(strategy: str | None) -> list[str]:
     """The op groups of a strategy string; ``''``, ``None`` and ``'none'`` give ``[]``."""
     if not strategy or strategy.lower() == "none":

@@ -20,6 +20,19 @@ from ddbench.store import Store
 from ddbench.summary import cost_table, summary_table
 
 D = RunOptions()
+# options that `run` and `experts` share (experts are built for what the same run needs)
+DATASETS_OPTION = click.option(
+    "--datasets", default=",".join(D.datasets), show_default=True,
+    help="Comma list of datasets (name or name:ARG, e.g. imagefolder:PATH).")
+SET_OPTION = click.option(
+    "--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
+    help="Set a parameter (a comma list makes a sweep axis). Repeatable.")
+PRESET_OPTION = click.option(
+    "--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS),
+    help="Iteration budgets: 'small' for a CPU, 'paper' for the reference budgets.")
+DATA_ROOT_OPTION = click.option("--data-root", default=None, help="Data folder [default: $DDBENCH_DATA or datasets/].")
+DOWNLOAD_OPTION = click.option("--download", is_flag=True, help="Download missing datasets into the data root.")
+DEVICE_OPTION = click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 CONDITIONS_OPTION = click.option(
     "--conditions", default=",".join(D.conditions), show_default=True,
     help="Comma list of data conditions: clean, zca (MTT's ZCA whitening).")
@@ -41,20 +54,17 @@ def cli():
 @cli.command("run")
 @click.option("--methods", default=",".join(D.methods), show_default=True,
               help="Comma list of method specs base[+objective...].")
-@click.option("--datasets", default=",".join(D.datasets), show_default=True,
-              help="Comma list of datasets (name or name:ARG, e.g. imagefolder:PATH).")
+@DATASETS_OPTION
 @click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True, help="Images per class, comma list.")
 @click.option("--models", default=",".join(D.models), show_default=True, help="Evaluation models, comma list.")
 @click.option("--seeds", default=",".join(map(str, D.seeds)), show_default=True, help="Distillation seeds, comma list.")
 @CONDITIONS_OPTION
-@click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
-              help="Set a parameter (a comma list makes a sweep axis). Repeatable.")
-@click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS),
-              help="Iteration budgets: 'small' for a CPU, 'paper' for the reference budgets.")
+@SET_OPTION
+@PRESET_OPTION
 @click.option("--store", default=str(D.store), show_default=True, help="SQLite file for results.")
-@click.option("--data-root", default=None, help="Data folder [default: $DDBENCH_DATA or datasets/].")
-@click.option("--download", is_flag=True, help="Download missing datasets into the data root.")
-@click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@DATA_ROOT_OPTION
+@DOWNLOAD_OPTION
+@DEVICE_OPTION
 @click.option("--executor", default=D.executor, show_default=True, help="Executor plugin.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
@@ -125,16 +135,15 @@ def _dry_run(options: RunOptions, registry) -> None:
 @cli.command("experts")
 @click.option("--methods", default="mtt", show_default=True,
               help="Methods whose expert trajectories to build (those that use experts).")
-@click.option("--datasets", default=",".join(D.datasets), show_default=True, help="Comma list of datasets.")
+@DATASETS_OPTION
 @click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True,
               help="IPC values (the paper preset's settings can depend on them).")
 @CONDITIONS_OPTION
-@click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V[,V...]",
-              help="Set a parameter, as for `ddbench run`. Repeatable.")
-@click.option("--preset", default=D.preset, show_default=True, type=click.Choice(planmod.PRESETS))
-@click.option("--data-root", default=None, help="Data folder [default: $DDBENCH_DATA or datasets/].")
-@click.option("--download", is_flag=True, help="Download missing datasets into the data root.")
-@click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@SET_OPTION
+@PRESET_OPTION
+@DATA_ROOT_OPTION
+@DOWNLOAD_OPTION
+@DEVICE_OPTION
 @click.option("--dry-run", is_flag=True, help="Show which buffers are present and which to build.")
 def experts_cmd(methods, datasets, ipc, conditions, sets, preset, data_root, download, device, dry_run):
     """Train (or show) the expert trajectories that `ddbench run` with the same options needs.

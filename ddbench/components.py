@@ -124,7 +124,7 @@ class DistillContext:
     component: Callable[[str, str], Component] | None = None
     #: scalar series recorded during distillation (stored with the set): name -> [(step, value)]
     trace: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    _generators: dict[str, torch.Generator] = field(default_factory=dict, repr=False)
+    _objective_gen: torch.Generator | None = field(default=None, repr=False)
 
     #: salt of the stream ``objective_batch`` draws from
     OBJECTIVE_SALT: ClassVar[int] = 7_007
@@ -134,9 +134,9 @@ class DistillContext:
         their own: attaching an objective never changes what the distiller itself draws."""
         from ddbench.distillers.random import sample_per_class
 
-        if "objective" not in self._generators:
-            self._generators["objective"] = self.generator(self.OBJECTIVE_SALT)
-        x, y = sample_per_class(self.data, per_class, self._generators["objective"])
+        if self._objective_gen is None:
+            self._objective_gen = self.generator(self.OBJECTIVE_SALT)
+        x, y = sample_per_class(self.data, per_class, self._objective_gen)
         return x.to(self.device), y.to(self.device)
 
     def record(self, name: str, step: int, value: float) -> None:

@@ -65,6 +65,11 @@ class InfoNCE(MIEstimator):
         return float(torch.log(positive.shape[1] / pos).mean())
 
 
+def nwj_bound(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """E_P[f] - E_Q[e^(f-1)], the marginal over all pairs."""
+    return scores[positive].mean() - torch.exp(log_mean_exp(scores) - 1)
+
+
 class NWJ(MIEstimator):
     """NWJ / f-divergence bound (Nguyen, Wainwright, Jordan 2010): E_P[f] - E_Q[e^(f-1)]."""
 
@@ -72,7 +77,7 @@ class NWJ(MIEstimator):
 
     def estimate(self, scores, positive):
         _check(scores, positive)
-        return scores[positive].mean() - torch.exp(log_mean_exp(scores) - 1)
+        return nwj_bound(scores, positive)
 
 
 class _EMALogMeanExp(torch.autograd.Function):
@@ -125,8 +130,7 @@ class JSD(MIEstimator):
     def estimate(self, scores, positive):
         _check(scores, positive)
         js = -F.softplus(-scores[positive]).mean() - F.softplus(scores).mean()
-        nwj = scores[positive].mean() + 1 - torch.exp(log_mean_exp(scores))
-        return js + (nwj - js).detach()
+        return js + (nwj_bound(scores + 1, positive) - js).detach()
 
 
 class NCE(MIEstimator):

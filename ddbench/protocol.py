@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ddbench.allocator import inference_chunk
-from ddbench.augment import diff_augment
+from ddbench.augment import diff_augment, resolve_strategy
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
 
@@ -78,7 +78,7 @@ def evaluate(
     p = protocol.params
     gen = torch.Generator()
     gen.manual_seed(seed)
-    strategy = data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy
+    strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
     x = synset.images.detach().to(device)
     y = synset.labels.to(device)
     epochs = synset.epochs if synset.epochs is not None else p.epochs

@@ -19,7 +19,7 @@ import torch
 
 from ddbench import hookimpl
 from ddbench.allocator import inference_chunk
-from ddbench.augment import diff_augment
+from ddbench.augment import diff_augment, resolve_strategy
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
 
@@ -50,7 +50,7 @@ class DM(Distiller):
         gen = ctx.generator()
         C = data.num_classes
         images, labels = init_synthetic(ctx, p.init, gen)
-        strategy = data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy
+        strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
         opt = ctx.image_optimizer(images, p.lr_img, p.momentum)
 
         for it in range(p.iterations):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ddbench import hookimpl
-from ddbench.augment import diff_augment, siamese_groups
+from ddbench.augment import diff_augment, resolve_strategy, siamese_groups
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
 from ddbench.protocol import train_epoch
@@ -99,7 +99,7 @@ class DC(Distiller):
         data, device, C = ctx.data, ctx.device, ctx.data.num_classes
         gen = ctx.generator()
         images, labels = init_synthetic(ctx, p.init, gen)
-        strategy = data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy
+        strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
         ref_outer, ref_inner = loops_for(ctx.ipc)
         outer = p.outer_loop or ref_outer
         inner = p.inner_loop or ref_inner

@@ -29,9 +29,10 @@ from torch.func import functional_call
 
 from ddbench import hookimpl
 from ddbench.allocator import glibc_defaults
-from ddbench.augment import diff_augment
+from ddbench.augment import diff_augment, resolve_strategy
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic
+from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertRecipe
 
 #: ``paper`` preset: the per-setting table that the MTT authors gave DC-BENCH
@@ -153,8 +154,6 @@ class MTT(Distiller):
     def expert_recipe(self, data, models: dict[str, dict]) -> ExpertRecipe:
         p = self.params
         if p.max_start_epoch < 1 or p.max_start_epoch - 1 + p.expert_epochs > p.train_epochs:
-            from ddbench.errors import DDBenchError
-
             raise DDBenchError(
                 f"mtt needs max_start_epoch - 1 + expert_epochs <= train_epochs and max_start_epoch >= 1; "
                 f"got max_start_epoch={p.max_start_epoch}, expert_epochs={p.expert_epochs}, "
@@ -163,7 +162,7 @@ class MTT(Distiller):
             model=p.model, model_params=json.dumps(models[p.model], sort_keys=True),
             num_experts=p.num_experts, epochs=p.train_epochs, lr=p.expert_lr,
             momentum=p.expert_momentum, weight_decay=p.expert_weight_decay, batch=p.expert_batch,
-            dsa=p.dsa, dsa_strategy=data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy,
+            dsa=p.dsa, dsa_strategy=resolve_strategy(p.dsa_strategy, data.dsa_strategy),
             images_per_class=p.expert_images_per_class, seed=p.expert_seed,
         )
 
@@ -181,14 +180,14 @@ class MTT(Distiller):
             raise RuntimeError("mtt needs expert trajectories; the runner provides them")
         gen = ctx.generator()
         images, labels = init_synthetic(ctx, p.init, gen)
-        strategy = (data.dsa_strategy if p.dsa_strategy == "auto" else p.dsa_strategy) if p.dsa else None
+        strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy) if p.dsa else None
         syn_lr = torch.tensor(p.lr_teacher, device=device).requires_grad_(True)
         opt_img = ctx.image_optimizer(images, p.lr_img, p.momentum)
         opt_lr = torch.optim.SGD([syn_lr], lr=p.lr_lr, momentum=p.momentum)
         student = Student(ctx.build_model(p.model).to(device))
         batch_syn = p.batch_syn or len(images)
         order: list[int] = []
-        losses = []
+        last_loss = None
         for it in range(p.iterations):
             if not order:
                 order = torch.randperm(p.num_experts, generator=gen).tolist()
@@ -209,10 +208,10 @@ class MTT(Distiller):
             loss.backward()
             opt_img.step()
             opt_lr.step()
-            losses.append(loss.item())
+            last_loss = loss.item()
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu(), lr=syn_lr.item(),
-                            meta={"final_loss": losses[-1] if losses else None})
+                            meta={"final_loss": last_loss})
 
 
 @hookimpl
