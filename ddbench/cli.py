@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ddbench import __version__
+from ddbench import __version__, report, results
 from ddbench import params as P
 from ddbench import plan as planmod
 from ddbench import protocol as proto
@@ -17,7 +17,6 @@ from ddbench.registry import KINDS, load_registry
 from ddbench.runner import RunOptions, prepare, run
 from ddbench.runner import data_root as data_root_of
 from ddbench.store import Store
-from ddbench.summary import cost_table, summary_table
 
 D = RunOptions()
 # options that `run` and `experts` share (experts are built for what the same run needs)
@@ -90,8 +89,15 @@ def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, sto
         _dry_run(options, registry)
         return
     summary = run(options, registry, command="ddbench " + " ".join(sys.argv[1:]))
-    click.echo(summary_table(summary.jobs, summary.rows))
-    cost = cost_table(summary.jobs, summary.synsets)
+    st = Store(Path(options.store))
+    try:
+        analysis = _analysis(st, results.Filters(keys=[c.key for j in summary.jobs for c in j.cells]),
+                             order=list(dict.fromkeys(j.label for j in summary.jobs)))
+    finally:
+        st.close()
+    click.echo(report.render_text(analysis))
+    click.echo("\n" + report.significance_summary(analysis))
+    cost = report.cost_table(summary.synsets)
     if cost:
         click.echo(f"\ndistillation cost (seconds per iteration, peak memory of the process or GPU)\n{cost}")
     click.echo(f"\nstore: {options.store} (run {summary.run_id}; {summary.ran} evaluation(s) run, "
@@ -241,6 +247,113 @@ def _params_line(params_cls, presets) -> str:
             text += " {" + "|".join(map(str, info.choices)) + "}"
         parts.append(text)
     return ("  " + " " * 15 + "params: " + ", ".join(parts)) if parts else ""
+
+
+def _analysis(store: Store, filters: results.Filters, order=None, against=None, exact=None):
+    tables = results.group(results.load_rows(store, filters), order)
+    if exact:
+        known = sorted({m for t in tables for m in t.methods})
+        for m in exact:
+            if m not in known:
+                raise DDBenchError(f"method {m!r} has no results in this selection; "
+                                   f"valid: {', '.join(known) or 'none'}")
+        tables = report.restrict(tables, exact)
+    if against and against not in {m for t in tables for m in t.methods}:
+        known = sorted({m for t in tables for m in t.methods})
+        raise DDBenchError(f"--against {against!r} has no results in this selection; "
+                           f"valid: {', '.join(known) or 'none'}")
+    return report.analyse(tables, against=against)
+
+
+def _open_store(path: str) -> Store:
+    if not Path(path).is_file():
+        raise DDBenchError(f"store {path!r} does not exist; run `ddbench run` first or pass --store")
+    return Store(Path(path))
+
+
+def _selection(func):
+    for opt in reversed([
+        click.option("--store", default=str(D.store), show_default=True, help="SQLite result store."),
+        click.option("--run", "run_id", default=None, help="Only the cells of this run (id or prefix)."),
+        click.option("--datasets", default=None, help="Comma list of datasets to keep."),
+        click.option("--methods", default=None,
+                     help="Comma list of methods to keep (a name keeps its swept variants)."),
+        click.option("--ipc", default=None, help="Comma list of IPC values to keep."),
+        click.option("--models", default=None, help="Comma list of evaluation models to keep."),
+        click.option("--conditions", default=None, help="Comma list of data conditions to keep."),
+    ]):
+        func = opt(func)
+    return func
+
+
+def _filters(run_id, datasets, methods, ipc, models, conditions) -> results.Filters:
+    def split(v):
+        return planmod.split_list(v) if v else None
+    return results.Filters(run=run_id, datasets=split(datasets), methods=split(methods), ipcs=split(ipc),
+                           models=split(models), conditions=split(conditions))
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    from ddbench.data.cache import write_atomic
+
+    try:
+        write_atomic(Path(output), text)
+    except OSError as exc:
+        raise DDBenchError(f"cannot write {output!r}: {exc.strerror}") from None
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command("report")
+@_selection
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(list(report.RENDERERS)),
+              help="Output format.")
+@click.option("--output", "-o", default=None, help="Write to this file instead of the terminal.")
+@click.option("--against", default=None, help="Test every method against this one only (fewer tests).")
+@click.option("--cost", is_flag=True, help="Add the distillation cost table (seconds/iteration, peak memory).")
+@click.option("--plots", "plots_dir", default=None, metavar="DIR",
+              help="Also write every figure (PNG and PDF) and an index.md/index.html to DIR.")
+def report_cmd(store, run_id, datasets, methods, ipc, models, conditions, fmt, output, against, cost,
+               plots_dir):
+    """Tables and significance tests rebuilt from the store, filtered."""
+    st = _open_store(store)
+    try:
+        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions), against=against)
+        text = report.RENDERERS[fmt](an)
+        if fmt == "text":
+            text += "\n\n" + report.significance_summary(an, limit=None)
+        if cost:
+            keys = {k for t in an.tables for cs in t.cells.values() for s in cs.values() for k in s.distill_keys}
+            table = report.cost_table([r for r in (st.synset(k) for k in sorted(keys)) if r],
+                                      tablefmt="github" if fmt == "markdown" else "simple")
+            text += "\n\ndistillation cost\n" + (table or "(no iterative method in the selection)") + "\n"
+        _write(text, output)
+        if plots_dir:
+            from ddbench import plots
+
+            figs = plots.write_all(an, st, Path(plots_dir))
+            click.echo(f"wrote {len(figs)} figure(s) and {Path(plots_dir) / 'index.html'}", err=True)
+    finally:
+        st.close()
+
+
+@cli.command("compare")
+@click.argument("method_a")
+@click.argument("method_b")
+@_selection
+@click.option("--output", "-o", default=None, help="Write to this file instead of the terminal.")
+def compare_cmd(method_a, method_b, store, run_id, datasets, methods, ipc, models, conditions, output):
+    """METHOD_A against METHOD_B in every cell where both have results (exact labels as the
+    report shows them, e.g. 'dm+mim[lambda=0.4]')."""
+    st = _open_store(store)
+    try:
+        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions),
+                       exact=[method_a, method_b])
+    finally:
+        st.close()
+    _write(report.compare_text(an, method_a, method_b), output)
 
 
 def main(argv=None) -> None:

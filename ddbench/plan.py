@@ -268,7 +268,10 @@ class Job:
         return "all" if self.ipc is None else str(self.ipc)
 
     def params_record(self) -> dict:
-        return method_params(self.base, self.objectives)
+        """Stored with every row: the method's parameters and those of the components they
+        name (e.g. ``mi_estimators:nce``), so that reports can tell variants apart."""
+        return {**method_params(self.base, self.objectives),
+                **{f"{k}:{n}": r.params_dict() for (k, n), r in sorted(self.parts.items())}}
 
 
 def method_params(base: Resolved, objectives: list[Resolved]) -> dict:

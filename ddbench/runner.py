@@ -366,6 +366,7 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
     run_id = uuid.uuid4().hex[:12]
     vers, rev = versions(), git_revision()
     store.start_run(run_id, command or shlex.join(sys.argv), options.preset, vers, rev)
+    store.add_run_cells(run_id, all_keys)
     pending_total = len(all_keys) - len(done)
     prog = Progress(pending_total, enabled=options.progress)
     executor = registry.get("executors", options.executor).cls(None)

@@ -1,5 +1,6 @@
 """SQLite result store (WAL): one row per evaluation, one per synthetic set, one per run,
-and the scalar series recorded while a set was distilled (``traces``: e.g. the MI estimate).
+the scalar series recorded while a set was distilled (``traces``: e.g. the MI estimate),
+and which cells each run planned (``run_cells``).
 
 Only the driver process writes. Rows are keyed by content hashes, so re-running a
 command finds what is done: ``ok`` rows are skipped, ``failed`` rows are retried and
@@ -36,6 +37,9 @@ CREATE TABLE IF NOT EXISTS results (
     peak_mem_mb REAL, device TEXT, versions TEXT, git_rev TEXT, created REAL
 );
 CREATE INDEX IF NOT EXISTS results_by_distill ON results(distill_key);
+CREATE TABLE IF NOT EXISTS run_cells (
+    run_id TEXT, cell_key TEXT, PRIMARY KEY (run_id, cell_key)
+);
 CREATE TABLE IF NOT EXISTS traces (
     distill_key TEXT, series TEXT, step INTEGER, value REAL,
     PRIMARY KEY (distill_key, series, step)
@@ -112,6 +116,26 @@ class Store:
                 "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?)",
                 (run_id, time.time(), None, command, preset, json.dumps(versions), git_rev, "running"),
             )
+
+    def add_run_cells(self, run_id: str, keys) -> None:
+        """Remember every cell a run planned, computed or found stored, so that a report of
+        the run (``--run``) shows all of them."""
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO run_cells VALUES (?,?)",
+                                [(run_id, k) for k in keys])
+
+    def run_ids(self, prefix: str) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY started", (prefix + "%",))]
+
+    def run_cell_keys(self, run_id: str) -> list[str]:
+        """The run's planned cells; rows it computed itself for runs older than run_cells."""
+        keys = [r[0] for r in self.db.execute("SELECT cell_key FROM run_cells WHERE run_id=?", (run_id,))]
+        return keys or [r[0] for r in self.db.execute(
+            "SELECT cell_key FROM results WHERE run_id=?", (run_id,))]
+
+    def synsets(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM synsets")]
 
     def finish_run(self, run_id: str, status: str) -> None:
         with self.db:

@@ -80,6 +80,18 @@ def temp_name(target: Path) -> Path:
     return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
+def write_atomic(target: Path, data: str | bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a partial one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(target)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def cache_dir(root: Path) -> Path:
     return Path(root) / CACHE_DIRNAME
 
