@@ -93,6 +93,11 @@ def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _p_is(p: float) -> str:
+    """'= 0.012' or '< 0.001', to follow a name in a sentence."""
+    return "< 0.001" if p < 0.001 else f"= {_p(p)}"
+
+
 def protocol_line(table: Table) -> str:
     params = {k: v for k, v in table.protocol_params.items() if k not in ("name", "version")}
     shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
@@ -315,7 +320,7 @@ def comparison_line(c: stats.Comparison) -> str:
     win, lose, diff = (c.a, c.b, c.diff) if c.diff >= 0 else (c.b, c.a, -c.diff)
     sign = ">" if c.p_holm < ALPHA else "~"
     return (f"{win} {sign} {lose} on {cell.short()}: +{diff * 100:.1f} pp "
-            f"[{_signed(c, win)}], p_holm = {_p(c.p_holm)} ({c.t_test}, n = {c.n_a} vs {c.n_b})")
+            f"[{_signed(c, win)}], p_holm {_p_is(c.p_holm)} ({c.t_test}, n = {c.n_a} vs {c.n_b})")
 
 
 def _signed(c: stats.Comparison, win: str) -> str:
@@ -337,7 +342,7 @@ def significance_summary(an: Analysis, limit: int | None = 10) -> str:
         lines.append(f"  ... and {len(sig) - len(shown)} more (`ddbench report` lists all)")
     for ti, r in an.ranks.items():
         lines.append(f"  ranks over {r.n_blocks} cells ({an.tables[ti].protocol} #{an.tables[ti].protocol_hash[:8]}): "
-                     f"Friedman p = {_p(r.p_chi2)}, Iman-Davenport p = {_p(r.p_f)}; best "
+                     f"Friedman p {_p_is(r.p_chi2)}, Iman-Davenport p {_p_is(r.p_f)}; best "
                      f"{r.methods[min(range(len(r.methods)), key=r.avg_ranks.__getitem__)]}")
     return "\n".join(lines)
 
@@ -351,7 +356,7 @@ def rank_text(r: stats.RankTest) -> str:
     order = sorted(range(len(r.methods)), key=r.avg_ranks.__getitem__)
     rows = [[r.methods[i], f"{r.avg_ranks[i]:.2f}"] for i in order]
     head = (f"average ranks over {r.n_blocks} cells (1 = best): Friedman chi2 = {r.chi2:.2f}, "
-            f"p = {_p(r.p_chi2)}; Iman-Davenport F = {r.f_stat:.2f}, p = {_p(r.p_f)}; "
+            f"p {_p_is(r.p_chi2)}; Iman-Davenport F = {r.f_stat:.2f}, p {_p_is(r.p_f)}; "
             f"Nemenyi CD ({ALPHA}) = {r.cd:.2f}")
     return head + "\n" + tabulate(rows, headers=["method", "avg rank"], disable_numparse=True)
 
@@ -386,8 +391,8 @@ def compare_text(an: Analysis, a: str, b: str) -> str:
             f"better in {sig_a}, significantly worse in {sig_b} (Holm over {sum(c.tested for c in comps)} tests)"]
     if len(means) >= 5:
         w = stats.compare({i: x for i, (x, _) in enumerate(means)}, {i: y for i, (_, y) in enumerate(means)})
-        foot.append(f"across cells (per-cell means paired): Wilcoxon signed-rank p = {_p(w.p_rank)}, "
-                    f"paired t p = {_p(w.p_t)}")
+        foot.append(f"across cells (per-cell means paired): Wilcoxon signed-rank p {_p_is(w.p_rank)}, "
+                    f"paired t p {_p_is(w.p_t)}")
     else:
         foot.append("across cells: too few shared cells for a test over cells (need 5+)")
     return text + "\n\n" + "\n".join(foot)

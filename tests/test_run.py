@@ -68,6 +68,8 @@ def test_default_like_run_stores_every_evaluation_and_resumes(ddb, tmp_path):
     table = res.out
     assert "random" in table and "dm" in table and "digits" in table
     assert "unit of replication: distillation seed" in table
+    assert "significance: " in table and "pairwise difference(s)" in table  # 4 cells x 1 pair
+    assert "significant at 0.05 after Holm" in table
     got = rows(store)
     # 2 methods x 2 ipc x 2 seeds x 1 model x 1 eval run
     assert len(got) == 8 and all(r["status"] == "ok" for r in got)
