@@ -187,8 +187,10 @@ def cost(synsets: list[dict], out: Path, name: str) -> Figure | None:
             ax_t.plot(x, [sum(r["seconds_per_iter"] for r in ipcs[i]) / len(ipcs[i]) for i in x], "o-", label=m)
             ax_m.plot(x, [max(r["peak_mem_mb"] for r in ipcs[i]) for i in x], "o-", label=m)
         devices = ", ".join(sorted({r["device"] for r in rows if r["dataset"] == ds}))
+        ipcs = sorted({i for m in by.values() for i in m})
         for ax, ylabel in ((ax_t, "seconds / iteration"), (ax_m, "peak memory (MB)")):
-            ax.set(title=f"{ds} ({devices})", xlabel="images per class", ylabel=ylabel, xscale="log")
+            ax.set(title=f"{ds} — {devices}", xlabel="images per class", ylabel=ylabel, xscale="log")
+            ax.set_xticks(ipcs, labels=[str(i) for i in ipcs])
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     _save(fig, out, name)
