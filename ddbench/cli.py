@@ -34,7 +34,8 @@ DOWNLOAD_OPTION = click.option("--download", is_flag=True, help="Download missin
 DEVICE_OPTION = click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 CONDITIONS_OPTION = click.option(
     "--conditions", default=",".join(D.conditions), show_default=True,
-    help="Comma list of data conditions: clean, zca (MTT's ZCA whitening).")
+    help="Comma list of data conditions: clean, zca (MTT's ZCA whitening), noise:RATE, "
+         "noise-asym:RATE, imbalance:RATIO (training split only).")
 
 
 def _registry():
@@ -191,9 +192,14 @@ def experts_cmd(methods, datasets, ipc, conditions, sets, preset, data_root, dow
 @click.argument("kind", required=False, type=click.Choice([*KINDS, "eval", "experts"]))
 @click.option("--data-root", default=None, help="Where to look for cached expert trajectories "
               "[default: $DDBENCH_DATA or datasets/].")
-def list_cmd(kind, data_root):
-    """Show every registered component with its origin and parameters, and the cached
-    expert trajectories."""
+@click.option("--input", "inputs", default="1x28x28,3x32x32", show_default=True, metavar="CxHxW[,...]",
+              help="Input shapes for the models' parameter counts.")
+@click.option("--classes", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Number of classes for the models' parameter counts.")
+def list_cmd(kind, data_root, inputs, classes):
+    """Show every registered component with its origin and parameters (models: their
+    parameter counts for the given inputs), and the cached expert trajectories."""
+    shapes = _parse_shapes(inputs)
     registry = _registry()
     kinds = [kind] if kind else [*KINDS, "eval", "experts"]
     for k in kinds:
@@ -214,6 +220,8 @@ def list_cmd(kind, data_root):
             line = _params_line(e.cls.Params, e.cls.presets)
             if line:
                 click.echo(line)
+            if k == "models":
+                click.echo(_size_line(e, shapes, classes))
         click.echo("")
     if registry.failures:
         click.echo("plugins that failed to load")
@@ -234,6 +242,41 @@ def _list_experts(root: Path) -> None:
         subset = f", {r['images_per_class']} images/class" if r["images_per_class"] else ""
         click.echo(f"  {d['dataset']} [{d['conditions']}] {r['model']}: {n} expert(s), {r['epochs']} "
                    f"epochs, lr {r['lr']}{subset}  {folder}")
+
+
+def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for item in planmod.split_list(text):
+        try:
+            c, h, w = (int(v) for v in item.lower().split("x"))
+            if min(c, h, w) < 1:
+                raise ValueError
+        except ValueError:
+            raise DDBenchError(f"invalid --input {item!r}: expected CxHxW with positive integers, "
+                               "e.g. 1x28x28,3x32x32") from None
+        shapes.append((c, h, w))
+    if not shapes:
+        raise DDBenchError("--input is empty; expected CxHxW[,CxHxW...], e.g. 1x28x28,3x32x32")
+    return shapes
+
+
+def _size_line(entry, shapes: list[tuple[int, int, int]], classes: int) -> str:
+    """Parameter counts of a model with its default parameters, built on the meta device
+    (no memory, no initialisation cost)."""
+    import torch
+
+    pad = "  " + " " * 15
+    if getattr(entry.cls, "argument", None):
+        return f"{pad}size: depends on the architecture ({entry.name}:NAME)"
+    counts = []
+    for c, h, w in shapes:
+        try:
+            with torch.device("meta"):
+                net = entry.cls(entry.cls.Params() if entry.cls.Params else None).build(c, classes, (h, w))
+            counts.append(f"{c}x{h}x{w}: {sum(p.numel() for p in net.parameters()):,}")
+        except Exception:  # a model that cannot take this input (ConvNet too deep for 8x8)
+            counts.append(f"{c}x{h}x{w}: n/a")
+    return f"{pad}size: {' | '.join(counts)} parameters ({classes} classes, default params)"
 
 
 def _params_line(params_cls, presets) -> str:

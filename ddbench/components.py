@@ -139,6 +139,14 @@ class DistillContext:
         x, y = sample_per_class(self.data, per_class, self._objective_gen)
         return x.to(self.device), y.to(self.device)
 
+    def class_ipcs(self) -> list[int]:
+        """Synthetic images of each class: ``ipc``, capped by the class's training images.
+
+        Only the ``imbalance`` condition lets a class be smaller than ``ipc`` (the runner
+        rejects such an IPC otherwise): that class then gets all its real images (``random``,
+        real init) or as many noise images, so every method has the same per-class budget."""
+        return [min(self.ipc, n) for n in self.data.class_counts()]
+
     def record(self, name: str, step: int, value: float) -> None:
         """Record a scalar of this distillation (e.g. the MI estimate) at ``step``."""
         self.trace.setdefault(name, []).append((int(step), float(value)))
@@ -228,6 +236,9 @@ class Model(Component):
     """Base class: builds a network exposing ``features(x)`` (per block) and ``embed(x)``."""
 
     kind = "models"
+    #: the parameter that ``name:ARG`` sets, for models named with an argument
+    #: (``timm:resnet50`` sets ``arch``); None = the model takes no argument
+    argument: ClassVar[str | None] = None
 
     def build(self, channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__}.build")

@@ -1,5 +1,5 @@
-"""Data conditions: a named transformation of a dataset applied before distillation, part
-of every key and every stored row (``--conditions clean,zca``).
+"""Data conditions: a named, seeded transformation of a dataset applied before distillation,
+part of every key and every stored row (``--conditions clean,zca,noise:0.2,imbalance:10``).
 
 - ``clean``: the dataset as loaded.
 - ``zca``: ZCA whitening as in MTT (``K.enhance.ZCAWhitening(eps=0.1)`` fit on the train
@@ -8,12 +8,28 @@ of every key and every stored row (``--conditions clean,zca``).
   one and eps = 0.1 is added to its eigenvalues. Images shown to people (PNG grids) go
   through the exact inverse. The fitted transform is cached under the data root, keyed by
   the content of the training images.
+- ``noise:RATE``: symmetric label noise: each training label, with probability RATE, is
+  replaced by a class drawn uniformly from the *other* classes (so RATE is the expected
+  fraction of wrong labels).
+- ``noise-asym:RATE``: asymmetric (class-flip) noise: label c becomes (c + 1) mod C with
+  probability RATE, the pair-flip noise of the label-noise literature.
+- ``imbalance:RATIO``: long-tailed training split with an exponential profile: class c
+  keeps round(n_max * RATIO^(-c / (C - 1))) images, n_max being the smallest clean class
+  (so every class can provide its quota), which makes the largest/smallest ratio RATIO.
+  The kept images are a seeded random subset of each class, in their original order.
+
+Label noise and imbalance touch the *training* split only (the test split stays the same
+tensors) and are seeded by the run's seed and a fixed salt per condition: the same seed
+gives the same noisy labels or subset for every method (a paired design), another seed
+another draw. Under ``imbalance`` an IPC above a class's size is capped for that class
+(``DistillContext.class_ipcs``) instead of being an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +41,76 @@ from ddbench.data.cache import cache_dir, temp_name
 from ddbench.errors import DDBenchError
 
 CLEAN = "clean"
-CONDITIONS = ("clean", "zca")
+#: every condition as the user writes it (for messages and ``--help``)
+CONDITIONS = ("clean", "zca", "noise:RATE", "noise-asym:RATE", "imbalance:RATIO")
 ZCA_EPS = 0.1
+#: generator salt of each seeded condition (its stream is seeded by the run's seed and this)
+SALTS = {"noise": 11_011, "noise-asym": 12_012, "imbalance": 13_013}
+#: the rules of each condition's value: kind -> (name, check, description)
+VALUES = {
+    "noise": ("RATE", lambda v: 0 <= v < 1, "0 <= RATE < 1"),
+    "noise-asym": ("RATE", lambda v: 0 <= v < 1, "0 <= RATE < 1"),
+    "imbalance": ("RATIO", lambda v: 1 <= v < math.inf, "RATIO >= 1"),
+}
+VALID = ("valid choices: clean, zca, noise:RATE (0 <= RATE < 1), noise-asym:RATE (0 <= RATE < 1), "
+         "imbalance:RATIO (RATIO >= 1)")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A parsed condition: ``kind`` and its value (None for ``clean`` and ``zca``)."""
+
+    kind: str
+    value: float | None = None
+
+    @property
+    def text(self) -> str:
+        """The canonical spelling, as in keys and tables: ``noise:0.2``, ``imbalance:10``."""
+        if self.value is None:
+            return self.kind
+        v = repr(float(self.value))
+        return f"{self.kind}:{v[:-2] if v.endswith('.0') else v}"
+
+    @property
+    def seeded(self) -> bool:
+        """Whether the transformed data depends on the run's seed (one bundle per seed)."""
+        return self.kind in SALTS
+
+
+def parse(text: str) -> Condition:
+    """``"noise:0.2"`` -> Condition("noise", 0.2); bad input is a one-line DDBenchError."""
+    kind, sep, arg = text.strip().partition(":")
+    if kind in (CLEAN, "zca"):
+        if sep:
+            raise DDBenchError(f"condition {kind!r} takes no value; got {text!r}; {VALID}")
+        return Condition(kind)
+    if kind not in VALUES:
+        raise DDBenchError(f"unknown condition {text!r}; {VALID}")
+    name, ok, rule = VALUES[kind]
+    if not sep:
+        raise DDBenchError(f"condition {kind!r} needs a value: {kind}:{name}; {VALID}")
+    try:
+        value = float(arg)
+    except ValueError:
+        raise DDBenchError(f"invalid condition {text!r}: {name} {arg!r} is not a number; {VALID}") from None
+    if not ok(value):
+        raise DDBenchError(f"invalid condition {text!r}: {name} must satisfy {rule}; {VALID}")
+    return Condition(kind, value)
 
 
 def parse_conditions(names: list[str]) -> list[str]:
-    for name in names:
-        if name not in CONDITIONS:
-            raise DDBenchError(f"unknown condition {name!r}; valid choices: {', '.join(CONDITIONS)}")
-    return names
+    """Canonical condition strings (``noise:0.20`` -> ``noise:0.2``), duplicates dropped."""
+    return list(dict.fromkeys(parse(n).text for n in names))
+
+
+def is_seeded(condition: str) -> bool:
+    return parse(condition).seeded
+
+
+def caps_ipc(condition: str) -> bool:
+    """Whether an IPC above a class's size is capped for that class instead of an error:
+    only under ``imbalance``, where small classes are the point of the condition."""
+    return parse(condition).kind == "imbalance"
 
 
 @dataclass
@@ -68,13 +145,54 @@ class ZCA:
         return flat.view_as(x)
 
 
-def apply(data: DataBundle, condition: str, root: Path) -> DataBundle:
-    """``data`` under ``condition`` (a new bundle; ``data`` is not modified)."""
-    if condition == CLEAN:
+def apply(data: DataBundle, condition: str, root: Path, seed: int = 0) -> DataBundle:
+    """``data`` under ``condition`` (a new bundle; ``data`` is not modified). ``seed`` is the
+    run's seed; only seeded conditions (noise, imbalance) use it."""
+    cond = parse(condition)
+    if cond.kind == CLEAN:
         return data
-    if condition == "zca":
+    if cond.kind == "zca":
         return _zca_bundle(data, root)
-    raise DDBenchError(f"unknown condition {condition!r}; valid choices: {', '.join(CONDITIONS)}")
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + SALTS[cond.kind]) % (2**63))
+    if cond.kind == "imbalance":
+        return _imbalanced(data, cond.value, gen)
+    noisy = (symmetric_noise if cond.kind == "noise" else asymmetric_noise)(
+        data.y_train, data.num_classes, cond.value, gen)
+    return dataclasses.replace(data, y_train=noisy, _by_class=None, _fingerprint=None)
+
+
+def symmetric_noise(y: torch.Tensor, num_classes: int, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """Each label, with probability ``rate``, becomes a uniformly drawn *different* class."""
+    flip = torch.rand(len(y), generator=gen) < rate
+    shift = torch.randint(1, max(num_classes, 2), (len(y),), generator=gen)
+    return torch.where(flip, (y + shift) % num_classes, y)
+
+
+def asymmetric_noise(y: torch.Tensor, num_classes: int, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """Each label c, with probability ``rate``, becomes (c + 1) mod C (class flip)."""
+    flip = torch.rand(len(y), generator=gen) < rate
+    return torch.where(flip, (y + 1) % num_classes, y)
+
+
+def imbalance_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
+    """Images kept per class: round(n_max * ratio^(-c / (C - 1))), class 0 the largest."""
+    if num_classes < 2:
+        return [n_max] * num_classes
+    return [round(n_max * ratio ** (-c / (num_classes - 1))) for c in range(num_classes)]
+
+
+def _imbalanced(data: DataBundle, ratio: float, gen: torch.Generator) -> DataBundle:
+    n_max = min(data.class_counts())
+    counts = imbalance_counts(n_max, data.num_classes, ratio)
+    if min(counts) < 1:
+        raise DDBenchError(
+            f"condition imbalance:{ratio:g} leaves class {data.classes[-1]!r} of {data.name} without "
+            f"training images ({n_max} per class at most); valid: RATIO <= {2 * n_max - 1}")
+    keep = [data.class_indices(c)[torch.randperm(len(data.class_indices(c)), generator=gen)[:n]]
+            for c, n in enumerate(counts)]
+    idx = torch.cat(keep).sort().values
+    return dataclasses.replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx], _by_class=None,
+                               _fingerprint=None)
 
 
 def _pixels(data: DataBundle, x: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,18 @@ def parse_int_list(text: str, what: str, minimum: int) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def model_entry(registry: Registry, spec: str) -> tuple[Entry, str | None]:
+    """``"timm:resnet50"`` -> (the ``timm`` entry, ``"resnet50"``); ``"convnet"`` -> (entry, None)."""
+    name, sep, arg = spec.partition(":")
+    entry = registry.get("models", name)
+    takes = getattr(entry.cls, "argument", None)
+    if takes and not arg:
+        raise DDBenchError(f"model {name!r} needs an argument: {name}:{takes.upper()} (e.g. {name}:resnet50)")
+    if not takes and sep:
+        raise DDBenchError(f"model {name!r} takes no argument; got {spec!r}")
+    return entry, (arg or None)
+
+
 def split_list(text: str) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
 
@@ -103,6 +115,9 @@ class Resolved:
     entry: Entry
     params: Any
     swept: tuple[tuple[str, Any], ...] = ()
+    #: the spec as written when it carries an argument (``timm:resnet50``); the argument
+    #: itself is a parameter, so keys depend on it through the parameters only
+    spec: str = ""
 
     @property
     def name(self) -> str:
@@ -116,9 +131,10 @@ class Resolved:
 
     @property
     def label(self) -> str:
+        name = self.spec or self.name
         if not self.swept:
-            return self.name
-        return self.name + "[" + ",".join(f"{k}={v}" for k, v in self.swept) + "]"
+            return name
+        return name + "[" + ",".join(f"{k}={v}" for k, v in self.swept) + "]"
 
 
 class Resolver:
@@ -175,6 +191,19 @@ class Resolver:
         presets = entry.cls.preset_values(self.preset, None, None)
         ((params, _),) = self._combos(name, entry.cls.Params, presets, sweep=False)
         return Resolved(entry, params)
+
+    def models(self, spec: str, sweep: bool = True) -> list[Resolved]:
+        """Variants of a model spec, ``name`` or ``name:ARG`` (``timm:resnet50``): the
+        argument sets the model's ``argument`` parameter, over ``--set``."""
+        entry, arg = model_entry(self.registry, spec)
+        if not sweep:
+            found = [self.single("models", entry.name)]
+        else:
+            found = self.variants("models", entry.name)
+        if arg is None:
+            return found
+        return [Resolved(r.entry, dataclasses.replace(r.params, **{entry.cls.argument: arg}), r.swept, spec)
+                for r in found]
 
     def protocols(self) -> list[tuple[proto.Protocol, tuple]]:
         out = []
@@ -297,7 +326,7 @@ def build_plan(
     conditions: list[str],
 ) -> list[Job]:
     specs = [parse_method(m, registry) for m in methods]
-    model_variants = [v for m in models for v in resolver.variants("models", m)]
+    model_variants = [v for m in models for v in resolver.models(m)]
     protocols = resolver.protocols()
     jobs: list[Job] = []
     for spec in specs:
@@ -310,7 +339,7 @@ def build_plan(
                     distill_models, parts = {}, {}
                     for comp in (base, *objs):
                         for mname in _model_refs(comp):
-                            distill_models[mname] = resolver.single("models", mname)
+                            (distill_models[mname],) = resolver.models(mname, sweep=False)
                         for param, kind in comp.entry.cls.references.items():
                             ref = getattr(comp.params, param)
                             parts[(kind, ref)] = resolver.single(kind, ref)

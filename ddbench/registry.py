@@ -44,6 +44,8 @@ BUILTIN_PLUGINS = (
     "ddbench.objectives.mim",
     "ddbench.mi",
     "ddbench.models.convnet",
+    "ddbench.models.timm_models",
+    "ddbench.models.classic",
     "ddbench.data.builtin",
     "ddbench.executors.local",
 )

@@ -7,6 +7,7 @@ driver writes the store and the artifacts.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import shlex
@@ -25,7 +26,7 @@ from ddbench import plan as planmod
 from ddbench.allocator import tune_allocator
 from ddbench.components import DistillContext, SyntheticSet
 from ddbench.conditions import apply as apply_condition
-from ddbench.conditions import parse_conditions
+from ddbench.conditions import caps_ipc, is_seeded, parse_conditions
 from ddbench.cost import device_name, measure
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
@@ -118,7 +119,7 @@ class Prepared:
     experts: dict[str, ExpertBuffer] = field(default_factory=dict)  # by job key, when needed
 
     def bundle(self, job: planmod.Job) -> DataBundle:
-        return self.bundles[_bundle_key(job.dataset_spec, job.dataset, job.condition)]
+        return self.bundles[_bundle_key(job.dataset_spec, job.dataset, job.condition, job.seed)]
 
     def buffers(self) -> list[tuple[planmod.Job, ExpertBuffer]]:
         """Distinct expert buffers of the plan, each with the first job that needs it."""
@@ -152,8 +153,10 @@ def build_experts(prepared: Prepared, job: planmod.Job, progress=None) -> int:
                      prepared.device, progress or (lambda step, total: None))
 
 
-def _bundle_key(spec: str, resolved: planmod.Resolved, condition: str) -> str:
-    return f"{spec}{planmod.params_json(resolved.params_dict())}/{condition}"
+def _bundle_key(spec: str, resolved: planmod.Resolved, condition: str, seed: int) -> str:
+    """Bundles are per (dataset, condition), and per seed for seeded conditions (noise)."""
+    per_seed = f"/seed={seed}" if is_seeded(condition) else ""
+    return f"{spec}{planmod.params_json(resolved.params_dict())}/{condition}{per_seed}"
 
 
 def prepare(options: RunOptions, registry: Registry) -> Prepared:
@@ -165,7 +168,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     for m in options.methods:
         planmod.parse_method(m, registry)
     for m in options.models:
-        registry.get("models", m)
+        planmod.model_entry(registry, m)
     # datasets: "name" or "name:arg", each possibly swept over its parameters
     dataset_specs, dataset_res = [], []
     for spec in options.datasets:
@@ -189,8 +192,10 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     bundles = {}
     for (spec, arg), res in zip(dataset_specs, dataset_res, strict=True):
         loaded = res.instance().load(arg, root, options.download)
-        for condition in conditions:
-            bundles[_bundle_key(spec, res, condition)] = apply_condition(loaded, condition, root)
+        for condition, seed in itertools.product(conditions, options.seeds):
+            key = _bundle_key(spec, res, condition, seed)
+            if key not in bundles:  # unseeded conditions: one bundle for every seed
+                bundles[key] = apply_condition(loaded, condition, root, seed)
     prepared = Prepared(jobs, bundles, device, warnings)
     _check_ipcs(prepared)
     _check_models(prepared)
@@ -199,15 +204,25 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
 
 
 def _check_ipcs(prepared: Prepared) -> None:
-    """Every IPC must fit the smallest class of its dataset."""
+    """Every IPC must fit the smallest class of its dataset, except under ``imbalance``,
+    where a class smaller than the IPC gets all its images (``DistillContext.class_ipcs``):
+    a warning says so."""
+    capped = set()
     for job in prepared.jobs:
         if job.ipc is None:
             continue
         bundle = prepared.bundle(job)
         counts = bundle.class_counts()
         smallest = min(counts)
-        if job.ipc > smallest:
-            cls = bundle.classes[counts.index(smallest)]
+        cls = bundle.classes[counts.index(smallest)]
+        if job.ipc > smallest and caps_ipc(job.condition):
+            if (job.dataset_label, job.ipc) not in capped:
+                capped.add((job.dataset_label, job.ipc))
+                small = sum(n < job.ipc for n in counts)
+                prepared.warnings.append(
+                    f"ipc {job.ipc} exceeds {small} class(es) of {job.dataset_label} (smallest: {smallest} "
+                    f"training images of class {cls!r}); each such class gets all its images, not {job.ipc}")
+        elif job.ipc > smallest:
             raise DDBenchError(
                 f"ipc {job.ipc} is larger than the smallest class of {job.dataset_spec} "
                 f"({smallest} training images of class {cls!r}); valid: 1..{smallest}"
@@ -226,7 +241,10 @@ def _check_models(prepared: Prepared) -> None:
                 continue
             seen.add(key)
             try:
-                res.instance().build(bundle.channels, bundle.num_classes, bundle.image_size)
+                net = res.instance().build(bundle.channels, bundle.num_classes, bundle.image_size)
+                net.eval()
+                with torch.no_grad():  # a model can build and still fail on this input size
+                    net(torch.zeros(2, bundle.channels, *bundle.image_size))
             except Exception as exc:
                 raise DDBenchError(
                     f"model {res.label!r} cannot be built for {job.dataset_spec} "

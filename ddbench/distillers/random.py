@@ -27,12 +27,14 @@ def sample_real(ctx: DistillContext, generator: torch.Generator) -> SyntheticSet
 
 def init_synthetic(ctx: DistillContext, how: str, generator: torch.Generator):
     """Initial synthetic images on ``ctx.device``, requiring grad, and their labels:
-    ``real`` (random real images per class) or ``noise`` (N(0, 1), the DC default)."""
+    ``real`` (random real images per class) or ``noise`` (N(0, 1), the DC default); a class
+    gets ``ctx.class_ipcs()`` images either way."""
     if how == "real":
         images, labels = sample_per_class(ctx.data, ctx.ipc, generator)
         images = images.clone()
     else:
-        labels = torch.arange(ctx.data.num_classes).repeat_interleave(ctx.ipc)
+        # per-class counts: ipc, or fewer for a class smaller than ipc (see class_ipcs)
+        labels = torch.arange(ctx.data.num_classes).repeat_interleave(torch.tensor(ctx.class_ipcs()))
         images = torch.randn((len(labels), ctx.data.channels, *ctx.data.image_size), generator=generator)
     return images.to(ctx.device).requires_grad_(True), labels.to(ctx.device)
 

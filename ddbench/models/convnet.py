@@ -40,7 +40,26 @@ def _act(kind: str) -> nn.Module:
     return nn.SiLU()  # "swish"
 
 
-class ConvNetModule(nn.Module):
+class BlockStack(nn.Module):
+    """A network made of ``self.blocks`` then a head on the flattened last map: what DM
+    embeds (``embed``) and what MIM and DM read per block (``features``)."""
+
+    blocks: nn.ModuleList
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x.flatten(1)
+
+
+class ConvNetModule(BlockStack):
     """The network; ``features(x)`` returns each block's output (what DM and MIM use)."""
 
     def __init__(self, channels, num_classes, image_size, width, depth, act, norm, pooling):
@@ -65,18 +84,6 @@ class ConvNetModule(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.feature_dim = width * h * w
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for block in self.blocks:
-            x = block(x)
-            out.append(x)
-        return out
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
