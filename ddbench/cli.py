@@ -90,12 +90,7 @@ def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, sto
         _dry_run(options, registry)
         return
     summary = run(options, registry, command="ddbench " + " ".join(sys.argv[1:]))
-    st = Store(Path(options.store))
-    try:
-        analysis = _analysis(st, results.Filters(keys=[c.key for j in summary.jobs for c in j.cells]),
-                             order=list(dict.fromkeys(j.label for j in summary.jobs)))
-    finally:
-        st.close()
+    analysis = report.analyse(results.group(summary.rows, list(dict.fromkeys(j.label for j in summary.jobs))))
     click.echo(report.render_text(analysis))
     click.echo("\n" + report.significance_summary(analysis))
     cost = report.cost_table(summary.synsets)
@@ -292,19 +287,15 @@ def _params_line(params_cls, presets) -> str:
     return ("  " + " " * 15 + "params: " + ", ".join(parts)) if parts else ""
 
 
-def _analysis(store: Store, filters: results.Filters, order=None, against=None, exact=None):
-    tables = results.group(results.load_rows(store, filters), order)
+def _analysis(store: Store, filters: results.Filters, against=None, exact=None):
+    tables = results.group(results.load_rows(store, filters))
+    known = sorted({m for t in tables for m in t.methods})
+    for what, m in [("method", m) for m in exact or []] + ([("--against", against)] if against else []):
+        if m not in known:
+            raise DDBenchError(f"{what} {m!r} has no results in this selection; "
+                               f"valid: {', '.join(known) or 'none'}")
     if exact:
-        known = sorted({m for t in tables for m in t.methods})
-        for m in exact:
-            if m not in known:
-                raise DDBenchError(f"method {m!r} has no results in this selection; "
-                                   f"valid: {', '.join(known) or 'none'}")
         tables = report.restrict(tables, exact)
-    if against and against not in {m for t in tables for m in t.methods}:
-        known = sorted({m for t in tables for m in t.methods})
-        raise DDBenchError(f"--against {against!r} has no results in this selection; "
-                           f"valid: {', '.join(known) or 'none'}")
     return report.analyse(tables, against=against)
 
 
@@ -368,8 +359,7 @@ def report_cmd(store, run_id, datasets, methods, ipc, models, conditions, fmt, o
         if fmt == "text":
             text += "\n\n" + report.significance_summary(an, limit=None)
         if cost:
-            keys = {k for t in an.tables for cs in t.cells.values() for s in cs.values() for k in s.distill_keys}
-            table = report.cost_table([r for r in (st.synset(k) for k in sorted(keys)) if r],
+            table = report.cost_table(results.synsets(st, an.tables),
                                       tablefmt="github" if fmt == "markdown" else "simple")
             text += "\n\ndistillation cost\n" + (table or "(no iterative method in the selection)") + "\n"
         _write(text, output)

@@ -103,6 +103,11 @@ def parse_conditions(names: list[str]) -> list[str]:
     return list(dict.fromkeys(parse(n).text for n in names))
 
 
+def dataset_label(dataset: str, condition: str) -> str:
+    """The dataset as tables show it: ``cifar10``, or ``cifar10 [zca]`` under a condition."""
+    return dataset if condition == CLEAN else f"{dataset} [{condition}]"
+
+
 def is_seeded(condition: str) -> bool:
     return parse(condition).seeded
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from ddbench import params as P
 from ddbench import protocol as proto
+from ddbench.conditions import dataset_label
 from ddbench.errors import DDBenchError
 from ddbench.registry import KINDS, Entry, Registry
 
@@ -290,7 +291,7 @@ class Job:
     @property
     def dataset_label(self) -> str:
         """The dataset as tables show it: ``cifar10``, or ``cifar10 [zca]`` under a condition."""
-        return self.dataset_spec if self.condition == "clean" else f"{self.dataset_spec} [{self.condition}]"
+        return dataset_label(self.dataset_spec, self.condition)
 
     @property
     def ipc_label(self) -> str:

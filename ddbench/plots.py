@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ddbench import stats  # noqa: E402
+from ddbench import results, stats  # noqa: E402
 from ddbench.report import Analysis, protocol_line  # noqa: E402
 from ddbench.results import Table  # noqa: E402
 from ddbench.store import Store  # noqa: E402
@@ -52,6 +52,17 @@ def _panels(n: int, width: float = 4.2, height: float = 3.2):
     return fig, flat[:n]
 
 
+def _finish(ax, ipcs=None, **labels) -> None:
+    """Titles and labels, a light grid and a small legend; an IPC axis is logarithmic with
+    the IPC values as its ticks."""
+    if ipcs:
+        ax.set_xscale("log")
+        ax.set_xticks(ipcs, labels=[str(i) for i in ipcs])
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _mean_std(values) -> tuple[float, float]:
     d = stats.describe(values)
     return d.mean * 100, (0.0 if math.isnan(d.std) else d.std * 100)
@@ -71,11 +82,8 @@ def accuracy_vs_ipc(table: Table, out: Path, name: str) -> Figure | None:
             if pts:
                 x, y, e = zip(*pts, strict=True)
                 ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=m)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted({int(c.ipc) for c in cells}), labels=sorted({c.ipc for c in cells}, key=int))
-        ax.set(title=f"{ds} / {model}", xlabel="images per class", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish(ax, sorted({int(c.ipc) for c in cells}), title=f"{ds} / {model}",
+                xlabel="images per class", ylabel="test accuracy (%)")
     _save(fig, out, name)
     return Figure(name, "Accuracy vs IPC", f"mean ± std per method; {protocol_line(table)}")
 
@@ -125,9 +133,7 @@ def sensitivity(table: Table, out: Path, name: str) -> Figure | None:
         if plain in table.cells[cell]:  # the method without the swept component, for reference
             my, me = _mean_std(table.cells[cell][plain].values.values())
             ax.axhline(my, color="gray", ls="--", label=f"{plain} ({my:.1f} ± {me:.1f})")
-        ax.set(title=f"{base}: {param} ({cell.short()})", xlabel=param, ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish(ax, title=f"{base}: {param} ({cell.short()})", xlabel=param, ylabel="test accuracy (%)")
     _save(fig, out, name)
     return Figure(name, "Hyperparameter sensitivity", "mean ± std per value of each swept parameter; "
                   "dashed: the base method without the swept component")
@@ -163,9 +169,7 @@ def mi_traces(store: Store, table: Table, out: Path, name: str) -> Figure | None
             if len(curves) > 1 and not n.endswith("ceiling"):
                 ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals],
                                 alpha=0.2, color=line.get_color())
-        ax.set(title=f"{m} — {ds} ipc{ipc}", xlabel="iteration", ylabel="estimate (nats)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish(ax, title=f"{m} — {ds} ipc{ipc}", xlabel="iteration", ylabel="estimate (nats)")
     _save(fig, out, name)
     return Figure(name, "MI estimates over iterations",
                   "mean over seeds (band: min to max) of each recorded series; dashed: its ceiling")
@@ -189,10 +193,7 @@ def cost(synsets: list[dict], out: Path, name: str) -> Figure | None:
         devices = ", ".join(sorted({r["device"] for r in rows if r["dataset"] == ds}))
         ipcs = sorted({i for m in by.values() for i in m})
         for ax, ylabel in ((ax_t, "seconds / iteration"), (ax_m, "peak memory (MB)")):
-            ax.set(title=f"{ds} — {devices}", xlabel="images per class", ylabel=ylabel, xscale="log")
-            ax.set_xticks(ipcs, labels=[str(i) for i in ipcs])
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            _finish(ax, ipcs, title=f"{ds} — {devices}", xlabel="images per class", ylabel=ylabel)
     _save(fig, out, name)
     return Figure(name, "Distillation cost", "seconds per iteration (mean over seeds) and peak memory "
                   "(max over seeds) by IPC; one row per dataset (its number of classes fixes the rest)")
@@ -254,9 +255,7 @@ def write_all(an: Analysis, store: Store, out: Path) -> list[Figure]:
         if f:
             figs.append(f)
         figs += image_grids(store, table, out)
-    keys = {k for t in an.tables for cs in t.cells.values() for s in cs.values() for k in s.distill_keys}
-    synsets = [r for r in (store.synset(k) for k in sorted(keys)) if r]
-    f = cost(synsets, out, "cost")
+    f = cost(results.synsets(store, an.tables), out, "cost")
     if f:
         figs.append(f)
     _index(figs, out)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from tabulate import tabulate
 
 from ddbench import stats
+from ddbench.conditions import dataset_label
 from ddbench.results import SEED, CellId, Table
 
 ALPHA = stats.ALPHA
@@ -30,21 +31,27 @@ class Analysis:
     comparisons: list[stats.Comparison] = field(default_factory=list)  # .cell = (table index, CellId)
     ranks: dict[int, stats.RankTest] = field(default_factory=dict)  # table index -> test
     against: str | None = None
+    #: per (table index, cell): the method with the best mean, and those significantly below it
+    _best: dict[tuple, str] = field(default_factory=dict)
+    _below: dict[tuple, set[str]] = field(default_factory=dict)
 
     def best(self, ti: int, cell: CellId) -> str | None:
-        samples = self.tables[ti].cells[cell]
-        means = {m: stats.describe(s.values.values()).mean for m, s in samples.items() if s.values}
-        return max(means, key=means.get) if means else None
+        return self._best.get((ti, cell))
 
     def worse_than_best(self, ti: int, cell: CellId) -> set[str]:
         """Methods significantly below the cell's best (Holm-adjusted)."""
-        best = self.best(ti, cell)
-        out = set()
+        return self._below.get((ti, cell), set())
+
+    def _mark(self) -> None:
+        for ti, table in enumerate(self.tables):
+            for cell, samples in table.cells.items():
+                means = {m: stats.describe(s.values.values()).mean for m, s in samples.items() if s.values}
+                if means:
+                    self._best[(ti, cell)] = max(means, key=means.get)
         for c in self.comparisons:
-            if c.cell == (ti, cell) and best in (c.a, c.b) and c.p_holm < ALPHA:
-                other = c.b if c.a == best else c.a
-                out.add(other)
-        return out
+            best = self._best.get(c.cell)
+            if c.p_holm < ALPHA and best in (c.a, c.b):
+                self._below.setdefault(c.cell, set()).add(c.b if c.a == best else c.a)
 
 
 def restrict(tables: list[Table], methods: list[str]) -> list[Table]:
@@ -78,6 +85,7 @@ def analyse(tables: list[Table], against: str | None = None) -> Analysis:
                       for c in table.sorted_cells()]
             an.ranks[ti] = stats.rank_test(matrix, full)
     stats.apply_holm([c for c in an.comparisons if c.tested])
+    an._mark()
     return an
 
 
@@ -295,7 +303,7 @@ def cost_table(synsets: list[dict], tablefmt: str = "simple") -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in synsets:
         if r["status"] == "ok" and r["seconds_per_iter"]:
-            ds = r["dataset"] if r["conditions"] == "clean" else f"{r['dataset']} [{r['conditions']}]"
+            ds = dataset_label(r["dataset"], r["conditions"])
             key = (ds, r["ipc"] if r["ipc"] is not None else -1, r["method"], r["device"])
             groups.setdefault(key, []).append(r)
     rows = []

@@ -19,6 +19,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ddbench.conditions import dataset_label
 from ddbench.errors import DDBenchError
 from ddbench.store import Store
 
@@ -41,7 +42,7 @@ class CellId:
 
     @property
     def dataset_label(self) -> str:
-        return self.dataset if self.conditions == "clean" else f"{self.dataset} [{self.conditions}]"
+        return dataset_label(self.dataset, self.conditions)
 
     def short(self) -> str:
         return f"{self.dataset_label}/ipc{self.ipc}/{self.model}"
@@ -80,7 +81,6 @@ class Filters:
     ipcs: list[str] | None = None
     models: list[str] | None = None
     conditions: list[str] | None = None
-    keys: list[str] | None = None  # exact cell keys (a run's own table)
 
     def method_ok(self, label: str) -> bool:
         return not self.methods or any(label == m or label.startswith(m + "[") for m in self.methods)
@@ -96,7 +96,7 @@ def environment(versions_json: str | None) -> str:
 
 
 def load_rows(store: Store, filters: Filters) -> list[dict]:
-    keys = filters.keys
+    keys = None
     if filters.run:
         ids = store.run_ids(filters.run)
         if len(ids) != 1:
@@ -213,5 +213,7 @@ def _model_labels(rows):
     return _disambiguate(rows, lambda r: r["model"], lambda r: json.loads(r["model_params"] or "{}"))
 
 
-def traces(store: Store, distill_keys: list[str]) -> list[dict[str, list[tuple[int, float]]]]:
-    return [store.trace(k) for k in distill_keys]
+def synsets(store: Store, tables: list[Table]) -> list[dict]:
+    """The stored rows of the synthetic sets the tables use (newest per seed)."""
+    keys = {k for t in tables for cs in t.cells.values() for s in cs.values() for k in s.distill_keys}
+    return [r for r in (store.synset(k) for k in sorted(keys)) if r]

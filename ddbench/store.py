@@ -134,9 +134,6 @@ class Store:
         return keys or [r[0] for r in self.db.execute(
             "SELECT cell_key FROM results WHERE run_id=?", (run_id,))]
 
-    def synsets(self) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM synsets")]
-
     def finish_run(self, run_id: str, status: str) -> None:
         with self.db:
             self.db.execute(
