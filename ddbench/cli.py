@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,8 @@ def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, sto
     if dry_run:
         _dry_run(options, registry)
         return
-    summary = run(options, registry, command="ddbench " + " ".join(sys.argv[1:]))
+    argv = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
+    summary = run(options, registry, command=shlex.join(["ddbench", *argv]))
     analysis = report.analyse(results.group(summary.rows, list(dict.fromkeys(j.label for j in summary.jobs))))
     click.echo(report.render_text(analysis))
     click.echo("\n" + report.significance_summary(analysis))
@@ -389,9 +391,58 @@ def compare_cmd(method_a, method_b, store, run_id, datasets, methods, ipc, model
     _write(report.compare_text(an, method_a, method_b), output)
 
 
+@cli.command("check")
+@click.argument("baseline", type=click.Path(dir_okay=False))
+@_selection
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None, metavar="PP",
+              help="Allowed shortfall in percentage points [default: the baseline's, else 1].")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Significance level of the one-sided test (Holm over cells).")
+@click.option("--strict", is_flag=True, help="Also fail on cells missing on either side and untestable ones.")
+@click.option("--update", is_flag=True,
+              help="Rewrite the BASELINE (.json) from the selected results instead of checking.")
+def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, conditions, tolerance, alpha, strict,
+              update):
+    """Check stored results against BASELINE cell by cell: exit 1 on a regression beyond the
+    tolerance (one-sided test using both sides' spread and n), 0 otherwise. BASELINE is an own
+    baseline (.json, from --update) or a table of published numbers (.csv)."""
+    from ddbench import baselines
+    from ddbench import check as checkmod
+
+    path = Path(baseline)
+    if update and path.suffix != ".json":
+        raise DDBenchError(f"--update writes own baselines (.json); {baseline!r} is not one "
+                           "(published tables are edited by hand, never rewritten from a run)")
+    st = _open_store(store)
+    try:
+        filters = _filters(run_id, datasets, methods, ipc, models, conditions)
+        rows = results.load_rows(st, filters)
+        tables = results.group(rows)
+        if update:
+            old = baselines.load(path) if path.exists() else None
+            runs = st.runs({r["run_id"] for r in rows})
+            new = checkmod.build(tables, rows, runs, old, path, tolerance)
+            _write(baselines.dump(new), str(path))
+            changed = sum(1 for k, c in new.cells.items() if old and k in old.cells
+                          and round(old.cells[k].mean, 4) != round(c.mean, 4))
+            added = len(set(new.cells) - set(old.cells if old else {}))
+            removed = len(set(old.cells if old else {}) - set(new.cells))
+            click.echo(f"baseline {path}: {len(new.cells)} cell(s); {added} new, {removed} removed, "
+                       f"{changed} with a changed mean")
+            return
+        base = baselines.load(path)
+        res = checkmod.check(base, tables, filters, tolerance=tolerance, alpha=alpha)
+    finally:
+        st.close()
+    click.echo(checkmod.render(res, strict), nl=False)
+    if res.failed(strict):
+        sys.exit(1)
+
+
 def main(argv=None) -> None:
     try:
-        cli.main(args=argv, prog_name="ddbench", standalone_mode=False)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        cli.main(args=argv, prog_name="ddbench", standalone_mode=False, obj={"argv": argv})
     except DDBenchError as exc:
         click.echo(f"ddbench: error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -196,3 +196,61 @@ def rank_test(matrix, methods: list[str], alpha: float = ALPHA) -> RankTest:
 
     result.nemenyi = sp.posthoc_nemenyi_friedman(x).to_numpy()
     return result
+
+
+#: assumed number of evaluation runs behind a published mean whose n the paper does not give
+#: (5 networks is the usual ``num_eval`` of DC/DSA/DM/MTT evaluations)
+ASSUMED_N = 5
+
+
+@dataclass
+class Shortfall:
+    """Ours against a baseline: is ours worse than the baseline by more than a tolerance?
+
+    H0: mean(ours) >= mean(baseline) - tolerance; a small one-sided ``p`` is evidence of a
+    regression. Welch's t from both sides' mean, std and n (a side without a spread borrows
+    the other's, with its degrees of freedom; said in ``note``)."""
+
+    delta: float  # mean(ours) - mean(baseline)
+    se: float
+    df: float
+    p: float  # nan when untested
+    note: str = ""
+    p_holm: float = math.nan
+
+    @property
+    def tested(self) -> bool:
+        return not math.isnan(self.p)
+
+
+def shortfall(ours: tuple[int, float, float], base: tuple[int | None, float, float],
+              tolerance: float) -> Shortfall:
+    """``ours`` and ``base`` are (n, mean, std); std nan = unknown, n None = unknown
+    (taken as ``ASSUMED_N``). One-sided Welch t of mean(ours) - mean(base) + tolerance."""
+    (na, ma, sa), (nb, mb, sb) = ours, base
+    notes = []
+    if nb is None:
+        nb = ASSUMED_N
+        notes.append(f"baseline n assumed {ASSUMED_N}")
+    delta = ma - mb
+    known_a = na >= 2 and not math.isnan(sa)
+    known_b = nb >= 2 and not math.isnan(sb)
+    if not known_a and not known_b:
+        return Shortfall(delta, math.nan, math.nan, math.nan,
+                         "; ".join(notes + ["no spread on either side (n < 2 and no std); no test"]))
+    if known_a and known_b:
+        va, vb = sa * sa / na, sb * sb / nb
+        se2 = va + vb
+        denom = (va * va / (na - 1) if na > 1 else 0) + (vb * vb / (nb - 1) if nb > 1 else 0)
+        df = se2 * se2 / denom if denom > 0 else float(na + nb - 2)
+    else:
+        s, dof, side = (sa, na - 1, "ours") if known_a else (sb, nb - 1, "the baseline's")
+        se2 = s * s / na + s * s / nb
+        df = float(dof)
+        notes.append(f"spread borrowed from {side}")
+    se = math.sqrt(se2)
+    if se == 0:
+        p = 0.0 if delta < -tolerance else 1.0
+    else:
+        p = float(stats.t.cdf((delta + tolerance) / se, df))
+    return Shortfall(delta, se, df, p, "; ".join(notes))

@@ -128,6 +128,11 @@ class Store:
         return [r[0] for r in self.db.execute(
             "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY started", (prefix + "%",))]
 
+    def runs(self, run_ids) -> list[dict]:
+        ids = sorted(set(run_ids))
+        return [dict(r) for r in self.db.execute(
+            f"SELECT * FROM runs WHERE run_id IN ({','.join('?' * len(ids))}) ORDER BY started", ids)]
+
     def run_cell_keys(self, run_id: str) -> list[str]:
         """The run's planned cells; rows it computed itself for runs older than run_cells."""
         keys = [r[0] for r in self.db.execute("SELECT cell_key FROM run_cells WHERE run_id=?", (run_id,))]
