@@ -36,6 +36,17 @@ def save_synset(path: Path, synset: SyntheticSet, info: dict) -> None:
     os.replace(tmp, path)
 
 
+def class_count(path: Path) -> int | None:
+    """Distinct labels of a stored set, reading the labels only (None when it is gone)."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        labels = f.get_tensor("labels")
+    return int(labels.argmax(1).unique().numel() if labels.dim() == 2 else labels.unique().numel())
+
+
 def load_synset(path: Path) -> SyntheticSet:
     from safetensors import safe_open
 

@@ -66,11 +66,17 @@ def cli():
 @DATA_ROOT_OPTION
 @DOWNLOAD_OPTION
 @DEVICE_OPTION
-@click.option("--executor", default=D.executor, show_default=True, help="Executor plugin.")
+@click.option("--executor", default=D.executor, show_default=True,
+              help="Executor plugin: local, ray (pip install 'ddbench[ray]'), slurm ('ddbench[slurm]').")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Jobs at once: local worker processes [default: 1, in this process], "
+                   "Ray tasks in flight, Slurm array parallelism [default: no limit].")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster address (ray executor) [default: start Ray on this machine].")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, store, data_root, download,
-            device, executor, dry_run, quiet):
+            device, executor, jobs, address, dry_run, quiet):
     """Run the cross-product methods × datasets × IPC × models × seeds × sweeps."""
     options = RunOptions(
         methods=planmod.split_list(methods),
@@ -80,7 +86,8 @@ def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, sto
         seeds=planmod.parse_int_list(seeds, "seed", 0),
         conditions=planmod.split_list(conditions), sets=list(sets), preset=preset, store=Path(store),
         data_root=Path(data_root) if data_root else None, download=download,
-        device=device, executor=executor, dry_run=dry_run, progress=not quiet,
+        device=device, executor=executor, jobs=jobs, address=address, dry_run=dry_run,
+        progress=not quiet,
     )
     for what, values in (("methods", options.methods), ("datasets", options.datasets),
                          ("models", options.models), ("conditions", options.conditions)):
@@ -95,9 +102,9 @@ def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, sto
     analysis = report.analyse(results.group(summary.rows, list(dict.fromkeys(j.label for j in summary.jobs))))
     click.echo(report.render_text(analysis))
     click.echo("\n" + report.significance_summary(analysis))
-    cost = report.cost_table(summary.synsets)
+    cost = report.cost_table(summary.synsets, root=Path(options.store).parent)
     if cost:
-        click.echo(f"\ndistillation cost (seconds per iteration, peak memory of the process or GPU)\n{cost}")
+        click.echo(f"\ndistillation cost (seconds per iteration, wall and CPU seconds of a distillation, peak memory of the process or GPU)\n{cost}")
     click.echo(f"\nstore: {options.store} (run {summary.run_id}; {summary.ran} evaluation(s) run, "
                f"{summary.skipped} already stored, {summary.failed} failed)")
     click.echo(f"synthetic sets and image grids: {Path(options.store).parent / 'artifacts'}")
@@ -361,7 +368,7 @@ def report_cmd(store, run_id, datasets, methods, ipc, models, conditions, fmt, o
         if fmt == "text":
             text += "\n\n" + report.significance_summary(an, limit=None)
         if cost:
-            table = report.cost_table(results.synsets(st, an.tables),
+            table = report.cost_table(results.synsets(st, an.tables), root=st.path.parent,
                                       tablefmt="github" if fmt == "markdown" else "simple")
             text += "\n\ndistillation cost\n" + (table or "(no iterative method in the selection)") + "\n"
         _write(text, output)

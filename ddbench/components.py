@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -255,10 +256,40 @@ class DatasetSpec(Component):
         raise NotImplementedError(f"{type(self).__name__}.load")
 
 
+@dataclass
+class WorkerLost:
+    """What ``Executor.map`` yields for an item whose worker died (process killed, node lost,
+    job cancelled) before finishing it: the driver records the item's unfinished cells as
+    failed with ``reason``, so that the next run retries them."""
+
+    reason: str
+
+
 class Executor(Component):
-    """Base class: runs independent tasks; only the driver writes results."""
+    """Base class: runs independent tasks; only the driver writes results.
+
+    The driver calls ``check()`` while validating (before anything is written: raise
+    ``DDBenchError`` for a missing optional package), ``start(device, workdir)`` once,
+    ``map(fn, items)``, then ``close()`` (also after an interruption: cancel what runs).
+    ``fn(item)`` is a picklable module-level generator function; ``map`` yields
+    ``(item, value)`` for every value it yields, ``item`` being the driver's own object,
+    in any order across items but in order within one, and ``(item, WorkerLost(reason))``
+    when the worker running ``item`` died. Workers never touch the store.
+    """
 
     kind = "executors"
+    #: True when ``fn`` runs in the driver process (it may then report progress itself)
+    in_process: ClassVar[bool] = False
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    def check(self) -> None:
+        """Fail early (``DDBenchError``) when the executor cannot run, e.g. a missing extra."""
+
+    def start(self, device: torch.device, workdir: Path) -> None:
+        """Connect to the engine. ``device`` is the run's device; ``workdir`` the store's
+        folder, where the executor may create a subfolder of its own."""
+
+    def map(self, fn: Callable[[Any], Iterable[Any]], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         raise NotImplementedError(f"{type(self).__name__}.map")
+
+    def close(self) -> None:
+        """Stop workers and release the engine (called once, also after an error)."""

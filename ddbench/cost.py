@@ -1,4 +1,7 @@
-"""Wall time and peak memory of one piece of work (a distillation, an evaluation).
+"""Wall time, CPU time and peak memory of one piece of work (a distillation, an evaluation).
+
+CPU seconds are the process's user + system time over the work, all its threads together
+(``time.process_time``): wall seconds times the cores kept busy.
 
 On CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU the peak resident set
 size of the process while the work ran, sampled from /proc every 20 ms (getrusage's
@@ -30,13 +33,14 @@ def _rss_bytes() -> int:
 @dataclass
 class Cost:
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     peak_mem_mb: float = 0.0
 
 
 @contextmanager
 def measure(device: torch.device):
     cost = Cost()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         try:
@@ -44,6 +48,7 @@ def measure(device: torch.device):
         finally:
             torch.cuda.synchronize(device)
             cost.seconds = time.perf_counter() - start
+            cost.cpu_seconds = time.process_time() - cpu_start
             cost.peak_mem_mb = torch.cuda.max_memory_allocated(device) / 2**20
         return
     peak = [_rss_bytes()]
@@ -62,6 +67,7 @@ def measure(device: torch.device):
         sampler.join()
         peak[0] = max(peak[0], _rss_bytes())
         cost.seconds = time.perf_counter() - start
+        cost.cpu_seconds = time.process_time() - cpu_start
         cost.peak_mem_mb = peak[0] / 2**20
 
 

@@ -48,6 +48,8 @@ BUILTIN_PLUGINS = (
     "ddbench.models.classic",
     "ddbench.data.builtin",
     "ddbench.executors.local",
+    "ddbench.executors.ray",
+    "ddbench.executors.slurm",
 )
 
 ENTRY_POINT_GROUP = "ddbench"

@@ -1,12 +1,15 @@
 """The sweep driver: validate everything, plan, execute jobs, store every row.
 
-Validation (components, parameters, data, IPC, store) happens before anything is
-written. Jobs run through the chosen executor plugin and yield events; only this
-driver writes the store and the artifacts.
+Validation (components, parameters, data, IPC, store, the executor's engine) happens
+before anything is written. Jobs run through the chosen executor plugin, in this process
+or in workers, and yield events; only this driver writes the store and the artifacts.
+Expert trajectories are built here, before any job runs, so that no two workers ever
+build the same buffer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import platform
@@ -24,12 +27,13 @@ import torch
 from ddbench import __version__, artifacts
 from ddbench import plan as planmod
 from ddbench.allocator import tune_allocator
-from ddbench.components import DistillContext, SyntheticSet
+from ddbench.components import DistillContext, SyntheticSet, WorkerLost
 from ddbench.conditions import apply as apply_condition
 from ddbench.conditions import caps_ipc, is_seeded, parse_conditions
 from ddbench.cost import device_name, measure
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
+from ddbench.executors import worker
 from ddbench.experts import ExpertBuffer
 from ddbench.progress import Progress
 from ddbench.protocol import evaluate
@@ -55,6 +59,9 @@ class RunOptions:
     download: bool = False
     device: str = "auto"
     executor: str = "local"
+    #: ``--jobs`` and ``--address``: the executor's ``jobs`` and ``address`` parameters
+    jobs: int | None = None
+    address: str | None = None
     dry_run: bool = False
     progress: bool = True
 
@@ -117,6 +124,7 @@ class Prepared:
     device: torch.device
     warnings: list[str]
     experts: dict[str, ExpertBuffer] = field(default_factory=dict)  # by job key, when needed
+    executor: planmod.Resolved | None = None
 
     def bundle(self, job: planmod.Job) -> DataBundle:
         return self.bundles[_bundle_key(job.dataset_spec, job.dataset, job.condition, job.seed)]
@@ -164,7 +172,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     sets = planmod.parse_sets(options.sets)
     resolver = planmod.Resolver(registry, options.preset, sets)
     device = pick_device(options.device)
-    registry.get("executors", options.executor)
+    executor = _executor(options, resolver)
     for m in options.methods:
         planmod.parse_method(m, registry)
     for m in options.models:
@@ -196,11 +204,27 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
             key = _bundle_key(spec, res, condition, seed)
             if key not in bundles:  # unseeded conditions: one bundle for every seed
                 bundles[key] = apply_condition(loaded, condition, root, seed)
-    prepared = Prepared(jobs, bundles, device, warnings)
+    prepared = Prepared(jobs, bundles, device, warnings, executor=executor)
     _check_ipcs(prepared)
     _check_models(prepared)
-    _expert_buffers(prepared, root)
+    _expert_buffers(prepared, root.absolute())  # workers may run elsewhere than this cwd
     return prepared
+
+
+def _executor(options: RunOptions, resolver: planmod.Resolver) -> planmod.Resolved:
+    """The executor with its parameters (``--set NAME.P=V``, then ``--jobs``/``--address``),
+    checked to be usable (its optional engine installed)."""
+    res = resolver.single("executors", options.executor)
+    params = res.params
+    for option, value in (("jobs", options.jobs), ("address", options.address)):
+        if value is None:
+            continue
+        if params is None or not any(f.name == option for f in dataclasses.fields(params)):
+            raise DDBenchError(f"--{option} is not an option of executor {options.executor!r}")
+        params = dataclasses.replace(params, **{option: value})
+    res = planmod.Resolved(res.entry, params)
+    res.instance().check()
+    return res
 
 
 def _check_ipcs(prepared: Prepared) -> None:
@@ -276,7 +300,9 @@ def run_task(task: Task) -> Iterator[dict]:
     ``{"kind": "result", ...}`` per cell. Never raises for a failure of the method or
     the evaluation: those become rows with status "failed" and the error text.
     """
-    job, data, device, prog = task.job, task.data, task.device, task.progress
+    job, data, prog = task.job, task.data, task.progress
+    device = worker.device_for(task.device)  # a worker's own GPU, when it has one
+    where = {"device": device_name(device), "worker": worker.worker_id()}
     synset, distill_seconds = task.synset, task.distill_seconds
     if synset is None:
         distiller = job.base.instance()
@@ -318,14 +344,14 @@ def run_task(task: Task) -> Iterator[dict]:
             synset = None
         distill_seconds = cost.seconds if status == "ok" else None
         yield {"kind": "synset", "status": status, "error": error, "synset": synset,
-               "seconds": cost.seconds, "peak_mem_mb": cost.peak_mem_mb,
-               "iterations": iterations[0] or None, "trace": ctx.trace,
+               "seconds": cost.seconds, "cpu_seconds": cost.cpu_seconds, "peak_mem_mb": cost.peak_mem_mb,
+               "iterations": iterations[0] or None, "trace": ctx.trace, **where,
                "seconds_per_iter": cost.seconds / iterations[0] if iterations[0] else None}
         if synset is None:
             for cell in task.pending:
                 yield {"kind": "result", "cell": cell, "status": "failed",
-                       "error": f"distillation failed: {error}", "accuracy": None,
-                       "seconds": None, "peak_mem_mb": None, "distill_seconds": None}
+                       "error": f"distillation failed: {error}", "accuracy": None, "seconds": None,
+                       "cpu_seconds": None, "peak_mem_mb": None, "distill_seconds": None, **where}
             return
     for cell in task.pending:
         torch.manual_seed(cell.seed)
@@ -340,7 +366,8 @@ def run_task(task: Task) -> Iterator[dict]:
         except Exception as exc:
             row = {"status": "failed", "error": _error_text(exc), "accuracy": None}
         yield {"kind": "result", "cell": cell, **row, "seconds": cost.seconds,
-               "peak_mem_mb": cost.peak_mem_mb, "distill_seconds": distill_seconds}
+               "cpu_seconds": cost.cpu_seconds, "peak_mem_mb": cost.peak_mem_mb,
+               "distill_seconds": distill_seconds, **where}
 
 
 def _reporter(prog: Progress | None, phase: str):
@@ -387,7 +414,7 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
     store.add_run_cells(run_id, all_keys)
     pending_total = len(all_keys) - len(done)
     prog = Progress(pending_total, enabled=options.progress)
-    executor = registry.get("executors", options.executor).cls(None)
+    executor = prepared.executor.instance()
     tasks = []
     for job in jobs:
         pending = [c for c in job.cells if c.key not in done]
@@ -403,37 +430,62 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
                 buf = prepared.experts[job.key]
                 print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_label} "
                       f"(cached in {buf.folder})", file=sys.stderr)
-        tasks.append(Task(job, pending, stored, seconds, bundle, device, prog,
-                          prepared.experts.get(job.key)))
+        # workers never see the progress display: the driver follows their events instead
+        tasks.append(Task(job, pending, stored, seconds, bundle, device,
+                          prog if executor.in_process else None, prepared.experts.get(job.key)))
     ran = failed = 0
     status = "interrupted"
+    reported: dict[int, set[str]] = {}  # id(task) -> keys of its cells stored by this run
     try:
-        for task, event in executor.map(_run_with_label, tasks):
+        if tasks:
+            executor.start(device, Path(options.store).parent)
+        for task, event in executor.map(run_job, tasks) if tasks else ():
             job = task.job
-            if event["kind"] == "synset":
+            if id(task) not in reported and not executor.in_process:
+                prog.start(_job_text(job))
+            seen = reported.setdefault(id(task), set())
+            if isinstance(event, WorkerLost):  # its unfinished cells fail, the next run retries
+                events = [_lost_event(cell, event.reason) for cell in task.pending if cell.key not in seen]
+            elif event["kind"] == "synset":
                 _store_synset(store, run_id, job, task.data, event, vers, device)
                 continue
-            row = _result_row(run_id, job, event, vers, rev, device)
-            store.write_result(row)
-            registry.pm.hook.cell_finished(record=row)
-            ran += 1
-            failed += row["status"] != "ok"
-            prog.cell_done(row["status"] == "ok")
+            else:
+                events = [event]
+            for ev in events:
+                seen.add(ev["cell"].key)
+                row = _result_row(run_id, job, ev, vers, rev, device)
+                store.write_result(row)
+                registry.pm.hook.cell_finished(record=row)
+                ran += 1
+                failed += row["status"] != "ok"
+                prog.cell_done(row["status"] == "ok")
         status = "finished"
     finally:
-        prog.close()
-        store.finish_run(run_id, status)
+        try:
+            executor.close()
+        finally:
+            prog.close()
+            store.finish_run(run_id, status)
     rows = store.results(all_keys)
     synsets = [r for r in (store.synset(j.key) for j in jobs) if r is not None]
     return RunSummary(run_id, jobs, rows, len(done), ran, failed, synsets)
 
 
-def _run_with_label(task: Task):
+def _job_text(job: planmod.Job) -> str:
+    return f"{job.label} {job.dataset_label} ipc={job.ipc_label} seed={job.seed}"
+
+
+def run_job(task: Task):
+    """What a worker runs for one job (``Executor.map``'s function): its events."""
     if task.progress:
-        job = task.job
-        task.progress.start(f"{job.label} {job.dataset_label} ipc={job.ipc_label} seed={job.seed}")
-    for event in run_task(task):
-        yield task, event
+        task.progress.start(_job_text(task.job))
+    yield from run_task(task)
+
+
+def _lost_event(cell: planmod.Cell, reason: str) -> dict:
+    return {"kind": "result", "cell": cell, "status": "failed", "error": reason, "accuracy": None,
+            "seconds": None, "cpu_seconds": None, "peak_mem_mb": None, "distill_seconds": None,
+            "device": None, "worker": None}
 
 
 def _stored_synset(store: Store, key: str) -> tuple[SyntheticSet | None, float | None]:
@@ -463,9 +515,10 @@ def _store_synset(store, run_id, job, data, event, vers, device) -> None:
         "params": planmod.params_json(job.params_record()), "dataset": job.dataset_spec,
         "conditions": job.condition, "ipc": job.ipc, "seed": job.seed,
         "status": event["status"], "error": event["error"], "artifact": artifact, "grid": grid,
-        "seconds": event["seconds"], "iterations": event["iterations"],
-        "seconds_per_iter": event["seconds_per_iter"], "peak_mem_mb": event["peak_mem_mb"],
-        "device": device_name(device), "versions": planmod.params_json(vers),
+        "seconds": event["seconds"], "cpu_seconds": event.get("cpu_seconds"),
+        "iterations": event["iterations"], "seconds_per_iter": event["seconds_per_iter"],
+        "peak_mem_mb": event["peak_mem_mb"], "device": event.get("device") or device_name(device),
+        "worker": event.get("worker"), "versions": planmod.params_json(vers),
     }, trace=event.get("trace"))
 
 
@@ -481,6 +534,7 @@ def _result_row(run_id, job, event, vers, rev, device) -> dict:
         "protocol_params": planmod.params_json(cell.protocol.as_dict()),
         "status": event["status"], "accuracy": event["accuracy"], "error": event["error"],
         "distill_seconds": event["distill_seconds"], "seconds": event["seconds"],
-        "peak_mem_mb": event["peak_mem_mb"], "device": device_name(device),
+        "cpu_seconds": event.get("cpu_seconds"), "peak_mem_mb": event["peak_mem_mb"],
+        "device": event.get("device") or device_name(device), "worker": event.get("worker"),
         "versions": planmod.params_json(vers), "git_rev": rev,
     }

@@ -2,7 +2,10 @@
 the scalar series recorded while a set was distilled (``traces``: e.g. the MI estimate),
 and which cells each run planned (``run_cells``).
 
-Only the driver process writes. Rows are keyed by content hashes, so re-running a
+Columns added after a store was created come through ``MIGRATIONS`` (``ALTER TABLE ADD
+COLUMN`` when the store is opened): older stores stay readable, their rows have NULL there.
+
+Only the driver process writes (executors' workers send their rows to it). Rows are keyed by content hashes, so re-running a
 command finds what is done: ``ok`` rows are skipped, ``failed`` rows are retried and
 replaced, nothing is duplicated, and an ``ok`` row is never overwritten.
 """
@@ -46,16 +49,24 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 """
 
+#: (table, column, type) added since the first schema, in order; applied when missing
+MIGRATIONS = (
+    ("synsets", "cpu_seconds", "REAL"),
+    ("synsets", "worker", "TEXT"),
+    ("results", "cpu_seconds", "REAL"),
+    ("results", "worker", "TEXT"),
+)
+
 RESULT_COLUMNS = (
     "cell_key", "distill_key", "run_id", "method", "params", "dataset", "conditions", "ipc",
     "seed", "model", "model_params", "eval_index", "protocol", "protocol_hash",
     "protocol_params", "status", "accuracy", "error", "distill_seconds", "seconds",
-    "peak_mem_mb", "device", "versions", "git_rev", "created",
+    "peak_mem_mb", "device", "versions", "git_rev", "created", "cpu_seconds", "worker",
 )
 SYNSET_COLUMNS = (
     "distill_key", "run_id", "method", "params", "dataset", "conditions", "ipc", "seed",
     "status", "error", "artifact", "grid", "seconds", "iterations", "seconds_per_iter",
-    "peak_mem_mb", "device", "versions", "created",
+    "peak_mem_mb", "device", "versions", "created", "cpu_seconds", "worker",
 )
 
 
@@ -89,6 +100,21 @@ def check_writable(path: Path) -> None:
         raise DDBenchError(f"{bad} ({exc.strerror})") from None
 
 
+def migrate(db: sqlite3.Connection) -> None:
+    """Add the columns of ``MIGRATIONS`` that a store lacks (one transaction)."""
+    have: dict[str, set[str]] = {}
+    missing = []
+    for table, column, kind in MIGRATIONS:
+        if table not in have:
+            have[table] = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have[table]:
+            missing.append(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if missing:
+        with db:
+            for statement in missing:
+                db.execute(statement)
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -98,6 +124,7 @@ class Store:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(SCHEMA)
+            migrate(self.db)
         except sqlite3.DatabaseError as exc:
             raise DDBenchError(f"store {str(path)!r} cannot be used: {exc}") from None
         self.db.row_factory = sqlite3.Row

@@ -36,7 +36,7 @@ def test_builtins_register_through_the_hooks():
     assert {"digits", "mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "imagefolder"} <= set(
         reg.names("datasets")
     )
-    assert reg.names("executors") == ["local"]
+    assert reg.names("executors") == ["local", "ray", "slurm"]
     dm = reg.get("distillers", "dm")
     assert dm.origin.module == "ddbench.distillers.dm" and dm.origin.package == "ddbench"
     # every built-in came through a hookimpl of a registered plugin module

@@ -248,7 +248,7 @@ def test_console_script_and_module_entry_points(tmp_path):
         (["--datasets", "imagefolder:/no/such/dir"], "/no/such/dir"),
         (["--preset", "huge"], "'huge' is not one of 'small', 'paper'"),
         (["--device", "tpu"], "invalid device 'tpu'"),
-        (["--executor", "slurm"], "unknown executor 'slurm'; valid choices: local"),
+        (["--executor", "spark"], "unknown executor 'spark'; valid choices: local, ray, slurm"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(ddb, tmp_path, args, message):
