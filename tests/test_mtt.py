@@ -80,7 +80,7 @@ def test_experts_are_built_once_and_shared(ddb, tmp_path):
     assert res.code == 0, res.err
     assert "trained 2 expert(s) for mtt on digits" in res.err
     cost = res.out.split("distillation cost")[1].splitlines()
-    assert any(line.split()[:3] == ["mtt", "digits", "1"] for line in cost), res.out
+    assert any(line.split()[:4] == ["mtt", "digits", "10", "1"] for line in cost), res.out
     files = sorted((tmp_path / "datasets" / ".ddbench-cache" / "experts").glob("*/expert_*.safetensors"))
     assert len(files) == 2
     stamps = [f.stat().st_mtime_ns for f in files]
