@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import weakref
 
 import pytest
 import torch
 from conftest import rows
 
-from ddbench.distillers.mtt import MTT, PAPER_TABLE, Student, trajectory_loss, unroll
+from ddbench.augment import DEFAULT_STRATEGY
+from ddbench.distillers.mtt import MTT, PAPER_TABLE, Student, match_backward, trajectory_loss, unroll
 from ddbench.models.convnet import ConvNetModule
 
 EXPERTS = ("--set", "mtt.train_epochs=2", "--set", "mtt.max_start_epoch=1", "--set", "mtt.expert_epochs=1")
@@ -63,6 +65,74 @@ def test_gradients_match_finite_differences():
     down = _loss(student, start, (images - h * direction).detach(), labels, lr0, target)
     fd_img = (float(up) - float(down)) / (2 * h)
     assert float((g_img * direction).sum()) == pytest.approx(fd_img, rel=1e-5, abs=1e-9)
+
+
+def _grads(backprop, strategy, steps=5, batch=4, seed=0):
+    """Loss and gradients (images, syn_lr) of one matching step by the given backprop."""
+    student, start, images, labels = _tiny()
+    target = start + 0.05 * torch.randn(start.shape, dtype=start.dtype, generator=torch.Generator().manual_seed(1))
+    lr = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    gen = torch.Generator().manual_seed(seed)
+    loss = match_backward(student, start.clone(), images, labels, lr, steps, batch, strategy, gen,
+                          lambda theta: trajectory_loss(theta, start, target), backprop)
+    return float(loss.detach()), images.grad.clone(), lr.grad.clone(), gen.get_state()
+
+
+@pytest.mark.parametrize("strategy", [None, DEFAULT_STRATEGY])
+def test_recomputed_gradients_equal_full_backpropagation(strategy):
+    # 5 steps of 4 images out of 6: several permutations, a short last batch, DSA replayed
+    loss_f, img_f, lr_f, state_f = _grads("full", strategy)
+    loss_r, img_r, lr_r, state_r = _grads("recompute", strategy)
+    assert loss_r == pytest.approx(loss_f, rel=1e-12)
+    assert torch.allclose(img_r, img_f, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(lr_r, lr_f, rtol=1e-9, atol=1e-12)
+    assert img_f.abs().sum() > 0 and lr_f.abs() > 0
+    # the run's random stream is the same: the backward replays, it does not draw
+    assert torch.equal(state_r, state_f)
+
+
+def test_tesla_drops_the_cross_step_terms():
+    _, img_f, lr_f, _ = _grads("full", None)
+    _, img_t, lr_t, _ = _grads("tesla", None)
+    assert not torch.allclose(img_t, img_f, rtol=1e-6)  # an approximation, not the gradient
+    # with one step there are no cross-step terms: all three agree
+    _, img_f1, lr_f1, _ = _grads("full", None, steps=1)
+    _, img_t1, lr_t1, _ = _grads("tesla", None, steps=1)
+    assert torch.allclose(img_t1, img_f1, rtol=1e-9) and torch.allclose(lr_t1, lr_f1, rtol=1e-9)
+
+
+class _Saved:
+    __slots__ = ("tensor", "__weakref__")
+
+
+def _peak_saved_bytes(backprop: str, steps: int) -> int:
+    """The most bytes the autograd graph holds at once (tensors saved for backward that are
+    still referenced) during one matching step."""
+    live, peak = [0], [0]
+
+    def release(size):
+        live[0] -= size
+
+    def pack(t):
+        box = _Saved()
+        box.tensor = t
+        size = t.numel() * t.element_size()
+        live[0] += size
+        peak[0] = max(peak[0], live[0])
+        weakref.finalize(box, release, size)
+        return box
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.tensor):
+        _grads(backprop, None, steps=steps)
+    return peak[0]
+
+
+def test_recompute_keeps_memory_flat_in_syn_steps():
+    full = [_peak_saved_bytes("full", s) for s in (2, 16)]
+    rec = [_peak_saved_bytes("recompute", s) for s in (2, 16)]
+    assert full[1] > 4 * full[0]  # the reference's graph grows with the steps
+    assert rec[1] < 1.2 * rec[0]  # one step's graph at a time
+    assert rec[1] < full[1] / 4
 
 
 def test_student_is_the_network_at_the_flat_parameters():

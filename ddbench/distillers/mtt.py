@@ -5,10 +5,12 @@ Each iteration picks an expert trajectory (cycling through the experts in a shuf
 order), a start epoch ``s ~ U{0, .., max_start_epoch - 1}``, and unrolls a student from the
 expert's parameters at epoch ``s``: ``syn_steps`` SGD steps on minibatches of ``batch_syn``
 synthetic images (a random permutation cut into chunks, per-sample DSA), with the learnable
-lr ``syn_lr``, keeping the graph (``create_graph``). The loss
+lr ``syn_lr``. The loss
 ``||theta_N - theta_{s+M}||^2 / ||theta_s - theta_{s+M}||^2`` is backpropagated through the
 whole unroll to the images (SGD, lr ``lr_img``, momentum 0.5) and to ``syn_lr`` (SGD,
-``lr_lr``, momentum 0.5). The student is a functional call over one flat parameter vector
+``lr_lr``, momentum 0.5). The reference keeps the unrolled graph (``create_graph``), memory
+linear in ``syn_steps``; by default we recompute one step's graph at a time in the backward
+(:func:`match_backward`): the same gradients, memory flat in ``syn_steps``. The student is a functional call over one flat parameter vector
 (the reference's ``ReparamModule``). The set carries its learned lr for evaluation.
 
 Experts come from :mod:`ddbench.experts`, trained by the harness on demand (or with
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -76,26 +79,96 @@ class Student:
         return run
 
 
-def unroll(student: Student, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-           syn_lr: torch.Tensor, steps: int, batch_syn: int, strategy: str | None,
-           gen: torch.Generator) -> torch.Tensor:
-    """``steps`` differentiable SGD steps from ``start`` on the synthetic set; returns theta_N.
-
-    Minibatches cycle through random permutations of the set, as the reference does.
-    """
-    theta = start.requires_grad_(True)
+def _batches(n: int, steps: int, batch_syn: int, device, gen: torch.Generator):
+    """The minibatch index of each student step: random permutations cut into chunks, as the
+    reference does."""
     order: list[torch.Tensor] = []
     for _ in range(steps):
         if not order:
-            order = list(torch.randperm(len(images), generator=gen).to(images.device).split(batch_syn))
-        idx = order.pop(0)
-        x = images[idx]
-        if strategy is not None:
-            x = diff_augment(x, strategy, generator=gen)
-        ce = F.cross_entropy(student(theta, x), labels[idx])
-        (grad,) = torch.autograd.grad(ce, theta, create_graph=True)
-        theta = theta - syn_lr * grad
+            order = list(torch.randperm(n, generator=gen).to(device).split(batch_syn))
+        yield order.pop(0)
+
+
+def _step_grad(student: Student, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+               idx: torch.Tensor, strategy: str | None, gen: torch.Generator | None,
+               create_graph: bool) -> torch.Tensor:
+    """The gradient of the student's cross-entropy on one (augmented) minibatch at ``theta``."""
+    x = images[idx]
+    if strategy is not None:
+        x = diff_augment(x, strategy, generator=gen)
+    ce = F.cross_entropy(student(theta, x), labels[idx])
+    (grad,) = torch.autograd.grad(ce, theta, create_graph=create_graph)
+    return grad
+
+
+def unroll(student: Student, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+           syn_lr: torch.Tensor, steps: int, batch_syn: int, strategy: str | None,
+           gen: torch.Generator) -> torch.Tensor:
+    """``steps`` differentiable SGD steps from ``start`` on the synthetic set; returns theta_N
+    with the whole unrolled graph attached (the reference's way: memory grows with steps)."""
+    theta = start.requires_grad_(True)
+    for idx in _batches(len(images), steps, batch_syn, images.device, gen):
+        theta = theta - syn_lr * _step_grad(student, theta, images, labels, idx, strategy, gen, True)
     return theta
+
+
+#: how the trajectory loss is differentiated through the unroll
+BACKPROP = ("recompute", "full", "tesla")
+
+
+def match_backward(student: Student, start: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                   syn_lr: torch.Tensor, steps: int, batch_syn: int, strategy: str | None,
+                   gen: torch.Generator, loss_fn, backprop: str = "recompute") -> torch.Tensor:
+    """Unroll the student, compute ``loss_fn(theta_N)`` and accumulate its gradients into
+    ``.grad`` of the images, ``syn_lr`` and whatever else ``loss_fn`` uses; returns the loss.
+
+    ``full`` backpropagates through the whole unrolled graph (memory linear in ``steps``).
+    ``recompute`` gives the same gradients (to float error) in memory flat in ``steps``: the
+    forward keeps only each step's parameters (and the generator state its augmentation drew
+    from); the backward rebuilds one step's graph at a time and carries the adjoint
+    ``a_k = a_{k+1} - lr H_k a_{k+1}`` (a Hessian-vector product), adding
+    ``-lr d(g_k . a_{k+1})/dx`` to the images and ``-g_k . a_{k+1}`` to the lr.
+    ``tesla`` is TESLA's approximation (Cui et al. 2023): the same sweep with the cross-step
+    terms dropped (``a_k = a_N`` for every step), cheaper and not exact.
+    """
+    if backprop == "full":
+        loss = loss_fn(unroll(student, start, images, labels, syn_lr, steps, batch_syn, strategy, gen))
+        loss.backward()
+        return loss
+    lr = syn_lr.detach()
+    thetas, batches, states = [], [], []
+    theta = start.detach()
+    for idx in _batches(len(images), steps, batch_syn, images.device, gen):
+        thetas.append(theta)
+        batches.append(idx)
+        states.append(gen.get_state() if strategy is not None else None)
+        theta = theta.requires_grad_(True)
+        grad = _step_grad(student, theta, images.detach(), labels, idx, strategy, gen, False)
+        theta = (theta - lr * grad).detach()
+    leaf = theta.requires_grad_(True)
+    loss = loss_fn(leaf)
+    loss.backward()
+    adjoint = leaf.grad.detach()
+    replay = torch.Generator(device=gen.device)
+    for theta, idx, state in zip(reversed(thetas), reversed(batches), reversed(states), strict=True):
+        if state is not None:
+            replay.set_state(state)
+        theta = theta.requires_grad_(True)
+        grad = _step_grad(student, theta, images, labels, idx, strategy, replay, True)
+        dot = (grad * adjoint).sum()
+        if backprop == "tesla":
+            (g_img,) = torch.autograd.grad(dot, [images])
+        else:
+            g_theta, g_img = torch.autograd.grad(dot, [theta, images])
+            adjoint = adjoint - lr * g_theta
+        _accumulate(images, -lr * g_img)
+        if syn_lr.requires_grad:
+            _accumulate(syn_lr, -dot.detach())
+    return loss
+
+
+def _accumulate(leaf: torch.Tensor, grad: torch.Tensor) -> None:
+    leaf.grad = grad.detach().clone() if leaf.grad is None else leaf.grad + grad.detach()
 
 
 def trajectory_loss(theta_n: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -124,6 +197,9 @@ class MTT(Distiller):
         #: 0 = all synthetic images per student step (the reference default)
         batch_syn: int = 0
         init: Literal["real", "noise"] = "real"
+        #: gradient through the unroll: "recompute" (exact, memory flat in syn_steps), "full"
+        #: (the reference's whole graph), "tesla" (TESLA's approximation without cross-step terms)
+        backprop: Literal["recompute", "full", "tesla"] = "recompute"
         dsa: bool = True
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
         dsa_strategy: str = "auto"
@@ -174,7 +250,7 @@ class MTT(Distiller):
 
     def _distill(self, ctx: DistillContext) -> SyntheticSet:
         p = self.params
-        data, device, C = ctx.data, ctx.device, ctx.data.num_classes
+        data, device = ctx.data, ctx.device
         buffer = ctx.experts
         if buffer is None:
             raise RuntimeError("mtt needs expert trajectories; the runner provides them")
@@ -194,24 +270,30 @@ class MTT(Distiller):
             expert = order.pop(0)
             start_epoch = int(torch.randint(0, p.max_start_epoch, (1,), generator=gen))
             start, target = (t.to(device) for t in buffer.read(expert, [start_epoch, start_epoch + p.expert_epochs]))
-            theta_n = unroll(student, start.clone(), images, labels, syn_lr, p.syn_steps, batch_syn,
-                             strategy, gen)
-            loss = trajectory_loss(theta_n, start, target)
-            if ctx.objectives:
-                real, real_y = ctx.objective_batch(p.batch_real)
-                loss = loss + ctx.objectives_loss(StepContext(
-                    student.features(theta_n), images, labels, real, real_y, it, C,
-                    real_features=student.features(target)))
-            ctx.check_finite(loss, it)
+
+            loss_fn = partial(self._loss, ctx, student, images, labels, start, target, it)
             opt_img.zero_grad(set_to_none=True)
             opt_lr.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = match_backward(student, start.clone(), images, labels, syn_lr, p.syn_steps, batch_syn,
+                                  strategy, gen, loss_fn, p.backprop)
             opt_img.step()
             opt_lr.step()
             last_loss = loss.item()
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu(), lr=syn_lr.item(),
                             meta={"final_loss": last_loss})
+
+    def _loss(self, ctx: DistillContext, student: Student, images, labels, start, target, it: int,
+              theta_n: torch.Tensor) -> torch.Tensor:
+        """The trajectory loss at the student's end point plus the attached objectives'."""
+        loss = trajectory_loss(theta_n, start, target)
+        if ctx.objectives:
+            real, real_y = ctx.objective_batch(self.params.batch_real)
+            loss = loss + ctx.objectives_loss(StepContext(
+                student.features(theta_n), images, labels, real, real_y, it, ctx.data.num_classes,
+                real_features=student.features(target)))
+        ctx.check_finite(loss, it)
+        return loss
 
 
 @hookimpl
