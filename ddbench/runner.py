@@ -36,7 +36,7 @@ from ddbench.errors import DDBenchError
 from ddbench.executors import worker
 from ddbench.experts import ExpertBuffer
 from ddbench.progress import Progress
-from ddbench.protocol import evaluate
+from ddbench.protocol import evaluate_many
 from ddbench.registry import Registry
 from ddbench.store import Store, check_writable
 
@@ -294,7 +294,8 @@ class Task:
 
 
 def run_task(task: Task) -> Iterator[dict]:
-    """Distill (unless a stored set exists), then evaluate each pending cell.
+    """Distill (unless a stored set exists), then evaluate the pending cells, the cells of
+    one model and protocol together (``eval_groups``, ``evaluate_many``).
 
     Yields ``{"kind": "synset", ...}`` once when it distilled, then one
     ``{"kind": "result", ...}`` per cell. Never raises for a failure of the method or
@@ -353,21 +354,43 @@ def run_task(task: Task) -> Iterator[dict]:
                        "error": f"distillation failed: {error}", "accuracy": None, "seconds": None,
                        "cpu_seconds": None, "peak_mem_mb": None, "distill_seconds": None, **where}
             return
-    for cell in task.pending:
-        torch.manual_seed(cell.seed)
-        try:
-            with measure(device) as cost:
-                net = cell.model.instance().build(data.channels, data.num_classes, data.image_size)
-                acc = evaluate(
-                    net, synset, data, cell.protocol, cell.seed, device,
-                    progress=_reporter(prog, f"eval {cell.model.label} #{cell.eval_index}"),
-                )
-            row = {"status": "ok", "error": None, "accuracy": acc}
-        except Exception as exc:
-            row = {"status": "failed", "error": _error_text(exc), "accuracy": None}
-        yield {"kind": "result", "cell": cell, **row, "seconds": cost.seconds,
-               "cpu_seconds": cost.cpu_seconds, "peak_mem_mb": cost.peak_mem_mb,
-               "distill_seconds": distill_seconds, **where}
+    for cells in eval_groups(task.pending, device):
+        for row in _evaluate_group(cells, synset, data, device, prog):
+            yield {"kind": "result", **row, "distill_seconds": distill_seconds, **where}
+
+
+def eval_groups(cells: list[planmod.Cell], device: torch.device) -> list[list[planmod.Cell]]:
+    """Cells evaluated together: same model and parameters, same protocol, batching on for
+    ``device``; any other cell is a group of its own. Order of first appearance."""
+    groups: dict[tuple, list[planmod.Cell]] = {}
+    for cell in cells:
+        key = (cell.model.label, planmod.params_json(cell.model.params_dict()),
+               planmod.params_json(cell.protocol.as_dict()))
+        key = key if cell.protocol.params.batches_on(device) else (cell.key,)
+        groups.setdefault(key, []).append(cell)
+    return list(groups.values())
+
+
+def _evaluate_group(cells, synset, data, device, prog) -> Iterator[dict]:
+    """One row per cell. The group is timed as one piece of work: its wall and CPU seconds
+    are split evenly over its cells, and each cell gets the group's peak memory. Any error
+    (a diverged network included) fails every cell of the group with its text."""
+    first = cells[0]
+    label = f"eval {first.model.label} #" + ",".join(str(c.eval_index) for c in cells)
+    try:
+        with measure(device) as cost:
+            nets = []
+            for cell in cells:  # each net initialised from its own seed, as when run alone
+                torch.manual_seed(cell.seed)
+                nets.append(cell.model.instance().build(data.channels, data.num_classes, data.image_size))
+            accs = evaluate_many(nets, synset, data, first.protocol, [c.seed for c in cells], device,
+                                 progress=_reporter(prog, label))
+        rows = [{"status": "ok", "error": None, "accuracy": acc} for acc in accs]
+    except Exception as exc:
+        rows = [{"status": "failed", "error": _error_text(exc), "accuracy": None}] * len(cells)
+    for cell, row in zip(cells, rows, strict=True):
+        yield {"cell": cell, **row, "seconds": cost.seconds / len(cells),
+               "cpu_seconds": cost.cpu_seconds / len(cells), "peak_mem_mb": cost.peak_mem_mb}
 
 
 def _reporter(prog: Progress | None, phase: str):

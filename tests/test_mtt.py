@@ -10,7 +10,14 @@ import torch
 from conftest import rows
 
 from ddbench.augment import DEFAULT_STRATEGY
-from ddbench.distillers.mtt import MTT, PAPER_TABLE, Student, match_backward, trajectory_loss, unroll
+from ddbench.distillers.mtt import (
+    MTT,
+    PAPER_TABLE,
+    Student,
+    match_backward,
+    trajectory_loss,
+    unroll,
+)
 from ddbench.models.convnet import ConvNetModule
 
 EXPERTS = ("--set", "mtt.train_epochs=2", "--set", "mtt.max_start_epoch=1", "--set", "mtt.expert_epochs=1")
