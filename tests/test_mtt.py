@@ -63,7 +63,7 @@ def test_gradients_match_finite_differences():
     h = 1e-6
     up = _loss(student, start, images, labels, torch.tensor(0.2 + h, dtype=torch.float64), target)
     down = _loss(student, start, images, labels, torch.tensor(0.2 - h, dtype=torch.float64), target)
-    fd = (float(up) - float(down)) / (2 * h)
+    fd = (up.item() - down.item()) / (2 * h)
     assert float(g_lr) == pytest.approx(fd, rel=1e-5, abs=1e-9)
     assert abs(fd) > 1e-4  # the check is not vacuous
     direction = torch.randn_like(images)
