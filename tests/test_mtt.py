@@ -70,7 +70,7 @@ def test_gradients_match_finite_differences():
     lr0 = torch.tensor(0.2, dtype=torch.float64)
     up = _loss(student, start, (images + h * direction).detach(), labels, lr0, target)
     down = _loss(student, start, (images - h * direction).detach(), labels, lr0, target)
-    fd_img = (float(up) - float(down)) / (2 * h)
+    fd_img = (up.item() - down.item()) / (2 * h)
     assert float((g_img * direction).sum()) == pytest.approx(fd_img, rel=1e-5, abs=1e-9)
 
 
