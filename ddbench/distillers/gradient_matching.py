@@ -10,6 +10,14 @@ except after the last outer step, ``inner_loop`` epochs of training the network 
 synthetic set (plain SGD lr 0.01, batch 256). ``dsa`` applies one Siamese DSA transform
 per class to the real and synthetic batch, and per-sample DSA in the inner loop; ``dc``
 uses no augmentation during synthesis, as the reference (``dc_aug_param=None``).
+
+``fast`` (default) swaps the network's ReLU + 2x2 average pooling for faster layers that keep
+less for the backward, the same up to the order of a four-term sum (``use_fast_pooling`` in
+``ddbench.models.convnet``). What remains of an outer iteration is ~80% convolutions near
+the CPU's peak rate (profiled at CIFAR-10 shape: 256 real images per class already make
+large GEMMs; the synthetic side is ~1% of an IPC-10 iteration), so the classes stay in the
+reference's loop, draw for draw: batching them would do the same work, and with batch norm
+would change the statistics.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from ddbench import hookimpl
 from ddbench.augment import diff_augment, resolve_strategy, siamese_groups
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
+from ddbench.models.convnet import use_fast_pooling
 from ddbench.protocol import train_epoch
 
 #: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
@@ -65,8 +74,37 @@ def match_loss(gw_syn, gw_real, metric: str) -> torch.Tensor:
     return 1 - (real * syn).sum() / (real.norm() * syn.norm() + 1e-6)
 
 
+def siamese_augment(real, syn, strategy: str, gen: torch.Generator):
+    """One DSA transform for a class's real and synthetic batch: the reference gives both the
+    same seed; here both calls start from the same generator state."""
+    state = gen.get_state()
+    real = diff_augment(real, strategy, groups=siamese_groups([len(real)]), generator=gen, num_groups=1)
+    gen.set_state(state)
+    syn = diff_augment(syn, strategy, groups=siamese_groups([len(syn)]), generator=gen, num_groups=1)
+    return real, syn
+
+
+def class_loss(net, params, real, syn, c: int, syn_y, metric: str) -> torch.Tensor:
+    """One class's term: the distance of the synthetic images' gradient (kept differentiable)
+    to the real batch's (detached)."""
+    y_real = torch.full((len(real),), c, device=real.device, dtype=torch.long)
+    gw_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), y_real), params)]
+    gw_syn = torch.autograd.grad(F.cross_entropy(net(syn), syn_y), params, create_graph=True)
+    return match_loss(gw_syn, gw_real, metric)
+
+
 def _batchnorms(net: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _freeze_bn_statistics(net, bns, data, gen, device) -> None:
+    """The reference's BN branch: running statistics from 16 real images per class, then eval."""
+    net.train()
+    x_bn, _ = sample_per_class(data, BN_IMAGES_PER_CLASS, gen)
+    with torch.no_grad():
+        net(x_bn.to(device))
+    for m in bns:
+        m.eval()
 
 
 class DC(Distiller):
@@ -91,6 +129,8 @@ class DC(Distiller):
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
         dsa_strategy: str = "auto"
         model: str = "convnet"
+        #: faster ReLU + pooling layers (the same up to float summation order); false = as built
+        fast: bool = True
 
     presets = {"small": {"iterations": 10, "batch_real": 64}}
 
@@ -104,39 +144,19 @@ class DC(Distiller):
         outer = p.outer_loop or ref_outer
         inner = p.inner_loop or ref_inner
         opt_img = ctx.image_optimizer(images, p.lr_img, p.momentum)
-        by_class = [(labels == c).nonzero().flatten() for c in range(C)]
 
         for it in range(p.iterations):
             net = ctx.build_model(p.model).to(device)
+            if p.fast:
+                use_fast_pooling(net)
             net.train()
             params = [q for q in net.parameters() if q.requires_grad]
             opt_net = torch.optim.SGD(params, lr=p.lr_net)
             bns = _batchnorms(net)
             for ol in range(outer):
-                if bns:  # running statistics from real data, then frozen
-                    net.train()
-                    x_bn, _ = sample_per_class(data, BN_IMAGES_PER_CLASS, gen)
-                    with torch.no_grad():
-                        net(x_bn.to(device))
-                    for m in bns:
-                        m.eval()
-                loss = images.new_zeros(())
-                for c in range(C):
-                    real = data.sample_class(c, p.batch_real, gen).to(device)
-                    syn = images[by_class[c]]
-                    if p.dsa:
-                        state = gen.get_state()
-                        real = diff_augment(real, strategy, groups=siamese_groups([len(real)]),
-                                            generator=gen, num_groups=1)
-                        gen.set_state(state)  # the same transform for the synthetic images
-                        syn = diff_augment(syn, strategy, groups=siamese_groups([len(syn)]),
-                                           generator=gen, num_groups=1)
-                    y_real = torch.full((len(real),), c, device=device, dtype=torch.long)
-                    gw_real = torch.autograd.grad(F.cross_entropy(net(real), y_real), params)
-                    gw_real = [g.detach() for g in gw_real]
-                    gw_syn = torch.autograd.grad(F.cross_entropy(net(syn), labels[by_class[c]]), params,
-                                                 create_graph=True)
-                    loss = loss + match_loss(gw_syn, gw_real, p.dis_metric)
+                if bns:
+                    _freeze_bn_statistics(net, bns, data, gen, device)
+                loss = self.matching_loss(net, params, data, images, labels, strategy, gen)
                 if ctx.objectives:
                     real_x, real_y = ctx.objective_batch(p.batch_real)
                     loss = loss + ctx.objectives_loss(StepContext(
@@ -152,6 +172,20 @@ class DC(Distiller):
                                 strategy if p.dsa else None, gen)
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
+
+    def matching_loss(self, net, params, data, images, labels, strategy: str, gen) -> torch.Tensor:
+        """Sum over classes of ``class_loss``, drawing as the reference: per class, the real
+        batch, then (``dsa``) one Siamese transform."""
+        p, loss = self.params, images.new_zeros(())
+        for c in range(data.num_classes):
+            real = data.sample_class(c, p.batch_real, gen).to(images.device)
+            idx = (labels == c).nonzero().flatten()
+            syn = images[idx]
+            if p.dsa:
+                real, syn = siamese_augment(real, syn, strategy, gen)
+            loss = loss + class_loss(net, params, real, syn, c, labels[idx], p.dis_metric)
+        return loss
+
 
 class DSA(DC):
     """DSA (Zhao & Bilen 2021): gradient matching with Siamese augmentation, real init."""
