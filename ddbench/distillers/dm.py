@@ -47,6 +47,7 @@ class DM(Distiller):
         fast: bool = True
 
     # CPU budget (the embedded default runs in minutes); the reference uses 256 real per class
+    not_in_key = ("fast",)
     presets = {"small": {"iterations": 50, "batch_real": 64}}
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:

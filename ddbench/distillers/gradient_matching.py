@@ -132,6 +132,7 @@ class DC(Distiller):
         #: faster ReLU + pooling layers (the same up to float summation order); false = as built
         fast: bool = True
 
+    not_in_key = ("fast",)
     presets = {"small": {"iterations": 10, "batch_real": 64}}
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
