@@ -10,6 +10,10 @@ read expert end points from a stand-in buffer (a fresh network and a perturbatio
 unroll costs the same whatever the trajectory.
 
 Seconds per iteration are the median over the measured iterations after the first (warm-up).
+One more iteration then runs under ``torch.utils.flop_counter.FlopCounterMode`` (not timed):
+its matmul/convolution FLOPs over the median seconds give the achieved GFLOP/s, shown beside
+the machine's dense fp32 GEMM rate measured in its own process, the practical ceiling a
+faster implementation of the same arithmetic can approach.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from itertools import pairwise
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -106,30 +111,55 @@ def _model(registry, name: str, data):
         data.channels, data.num_classes, data.image_size)
 
 
-def measure_distill(setting: Setting, data, iterations: int, device: torch.device) -> list[float]:
-    """Per-iteration seconds of ``iterations`` outer iterations of the setting's method."""
+class _CountLast:
+    """Progress callback: time stamps of the first ``timed`` iterations, then FLOP counting
+    from the start of the next one until ``done``."""
+
+    def __init__(self, timed: int):
+        self.timed, self.stamps = timed, [time.perf_counter()]
+        self.counter = FlopCounterMode(display=False)
+        self.counting = False
+
+    def __call__(self, step: int, total: int | None = None) -> None:
+        if step <= self.timed:
+            self.stamps.append(time.perf_counter())
+        if step == self.timed:
+            self.counter.__enter__()
+            self.counting = True
+
+    def done(self) -> tuple[list[float], int]:
+        if self.counting:
+            self.counter.__exit__(None, None, None)
+        return [b - a for a, b in pairwise(self.stamps)], self.counter.get_total_flops()
+
+
+def measure_distill(setting: Setting, data, iterations: int, device: torch.device) -> tuple[list[float], int]:
+    """Per-iteration seconds of ``iterations`` outer iterations of the setting's method, and
+    the FLOPs of one more."""
     from ddbench.components import DistillContext
     from ddbench.registry import load_registry
 
     registry = load_registry()
     cls = registry.get("distillers", setting.method).cls
     params = cls.Params(**{**cls.preset_values("paper", "cifar10", setting.ipc), **setting.params,
-                           "iterations": iterations})
-    stamps: list[float] = []
+                           "iterations": iterations + 1})
+    clock = _CountLast(iterations)
     ctx = DistillContext(
         data=data, ipc=setting.ipc, seed=0, device=device, objectives=[],
-        build_model=lambda name: _model(registry, name, data),
-        progress=lambda step, total: stamps.append(time.perf_counter()),
+        build_model=lambda name: _model(registry, name, data), progress=clock,
     )
     if setting.method == "mtt":
         ctx.experts = _StandInExperts(_model(registry, params.model, data))
-    stamps.append(time.perf_counter())
-    cls(params).distill(ctx)
-    return [b - a for a, b in pairwise(stamps)]
+    try:
+        cls(params).distill(ctx)
+    finally:
+        times, flops = clock.done()
+    return times, flops
 
 
-def measure_experts(data, epochs: int, device: torch.device) -> list[float]:
-    """Seconds per epoch of expert training with the reference settings (``buffer.py``)."""
+def measure_experts(data, epochs: int, device: torch.device) -> tuple[list[float], int]:
+    """Seconds per epoch of expert training with the reference settings (``buffer.py``), and
+    the FLOPs of one more epoch."""
     from ddbench.augment import resolve_strategy
     from ddbench.distillers.mtt import MTT
     from ddbench.protocol import train_epoch
@@ -142,12 +172,30 @@ def measure_experts(data, epochs: int, device: torch.device) -> list[float]:
     gen = torch.Generator().manual_seed(0)
     x, y = data.x_train.to(device), data.y_train.to(device)
     strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
-    out = []
-    for _ in range(epochs):
+    clock = _CountLast(epochs)
+    try:
+        for epoch in range(epochs + 1):
+            train_epoch(net, opt, x, y, p.expert_batch, strategy, gen)
+            clock(epoch + 1)
+    finally:
+        times, flops = clock.done()
+    return times, flops
+
+
+def gemm_gflops(device: torch.device, n: int = 2048, seconds: float = 3.0) -> float:
+    """Best rate of a dense fp32 ``n x n`` matmul over about ``seconds``: the practical peak of
+    this machine (its threads, its BLAS) for the arithmetic the methods are made of."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best, end = float("inf"), time.perf_counter() + seconds
+    torch.mm(a, b)
+    while time.perf_counter() < end:
+        sync()
         start = time.perf_counter()
-        train_epoch(net, opt, x, y, p.expert_batch, strategy, gen)
-        out.append(time.perf_counter() - start)
-    return out
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -162,13 +210,14 @@ def run_one(name: str, data_spec: str, root: str, iterations: int, device: str) 
     dev = torch.device(device)
     data = load_data(data_spec, root)
     if setting.kind == "experts":
-        times = measure_experts(data, max(2, iterations), dev)
+        times, flops = measure_experts(data, max(2, iterations), dev)
     else:
-        times = measure_distill(setting, data, iterations, dev)
+        times, flops = measure_distill(setting, data, iterations, dev)
     measured = times[1:] or times
+    seconds = statistics.median(measured)
     return {"setting": name, "method": setting.method or setting.kind, "ipc": setting.ipc,
             "params": setting.params, "unit": setting.unit, "iterations": len(times),
-            "seconds": statistics.median(measured), "seconds_all": times,
+            "seconds": seconds, "seconds_all": times, "flops": flops, "gflops_per_s": flops / seconds / 1e9,
             "peak_mb": _peak_mb(dev), "ref_seconds": setting.ref_seconds, "ref_mem_gb": setting.ref_mem_gb}
 
 
@@ -197,28 +246,47 @@ def environment(device: str) -> dict:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
-def table(records: list[dict]) -> str:
+def measure_gemm(device: str) -> float | None:
+    """``gemm_gflops`` in a fresh interpreter (None if that fails)."""
+    done = subprocess.run([sys.executable, "-m", "ddbench.bench", "--gemm", "--device", device],
+                          capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def table(records: list[dict], gemm: float | None = None) -> str:
+    """The records beside the reference figures; ``gemm`` (GFLOP/s) adds a share-of-peak column."""
     from tabulate import tabulate
 
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([r["setting"], "", "failed", "", "", "", r["error"][:60]])
+            rows.append([r["setting"], "", "failed", "", "", "", "", "", r["error"][:60]])
             continue
+        share = f"{100 * r['gflops_per_s'] / gemm:.0f}%" if gemm else "-"
         rows.append([r["setting"], r["unit"], f"{r['seconds']:.3g}", r["ref_seconds"] or "-",
-                     f"{r['peak_mb'] / 1024:.2f}", r["ref_mem_gb"] or "-", r["iterations"]])
+                     f"{r['peak_mb'] / 1024:.2f}", r["ref_mem_gb"] or "-", f"{r['gflops_per_s']:.1f}",
+                     share, r["iterations"]])
     return tabulate(rows, headers=["setting", "per", "seconds", "reference s", "peak GB",
-                                   "reference GB", "measured"])
+                                   "reference GB", "GFLOP/s", "of GEMM", "measured"])
 
 
 def _main() -> None:
     ap = argparse.ArgumentParser(description="measure one ddbench bench setting (worker)")
-    ap.add_argument("setting", choices=sorted(BY_NAME))
+    ap.add_argument("setting", nargs="?", choices=sorted(BY_NAME))
+    ap.add_argument("--gemm", action="store_true", help="print this machine's fp32 GEMM GFLOP/s")
     ap.add_argument("--data", default="random")
     ap.add_argument("--data-root", default="datasets")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    if a.gemm:
+        print(gemm_gflops(torch.device(a.device)))
+        return
+    if a.setting is None:
+        ap.error("a setting or --gemm is required")
     print(json.dumps(run_one(a.setting, a.data, a.data_root, a.iterations, a.device)))
 
 

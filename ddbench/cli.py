@@ -479,7 +479,12 @@ def bench_cmd(names, show, data, data_root, iterations, device, json_out):
     click.echo(f"ddbench bench on {data} ({device}, torch {env['torch']}, {env['cpus']} cpus, "
                f"{iterations} iterations each, the first a warm-up)", err=True)
     records = bench.run_all(chosen, data, data_root, iterations, device, echo=lambda m: click.echo(m, err=True))
-    click.echo(bench.table(records))
+    env["gemm_gflops"] = bench.measure_gemm(device)
+    click.echo(bench.table(records, env["gemm_gflops"]))
+    if env["gemm_gflops"]:
+        click.echo(f"GFLOP/s: matmul and convolution FLOPs of one iteration (FlopCounterMode) over its "
+                   f"seconds; of GEMM: share of this machine's dense fp32 matmul rate, "
+                   f"{env['gemm_gflops']:.0f} GFLOP/s")
     Path(json_out).write_text(json.dumps({"environment": env, "data": data, "records": records}, indent=2))
     click.echo(f"records: {json_out}")
     if any("error" in r for r in records):

@@ -15,6 +15,8 @@ def test_bench_measures_each_setting_in_a_fresh_process(ddb, tmp_path):
     assert set(recs) == {"dm", "mtt-ss10-full", "experts"}
     for r in recs.values():
         assert r["iterations"] == 2 and r["seconds"] > 0 and r["peak_mb"] > 50
+        assert r["flops"] > 1e6 and r["gflops_per_s"] == r["flops"] / r["seconds"] / 1e9
+    assert doc["environment"]["gemm_gflops"] > 0.1 and "of GEMM" in res.out
     assert recs["experts"]["unit"] == "epoch"
     assert recs["mtt-ss10-full"]["params"]["backprop"] == "full"
     assert doc["environment"]["torch"] and doc["data"] == "digits"
@@ -26,3 +28,20 @@ def test_bench_rejects_unknown_settings(ddb, tmp_path):
     res = ddb("bench", "--settings", "dm,nope", "--json", str(tmp_path / "b.json"))
     assert res.code == 2 and "unknown bench setting 'nope'" in res.err and "dc-ipc10" in res.err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_flops_are_counted_on_one_extra_untimed_iteration():
+    import torch
+
+    from ddbench.bench import _CountLast
+
+    clock = _CountLast(2)
+    a, b = torch.ones(8, 16), torch.ones(16, 4)
+    for step in (1, 2, 3):
+        torch.mm(a, b)
+        if step == 3:
+            torch.mm(a, b)  # only the third step's two products are counted
+        clock(step)
+    times, flops = clock.done()
+    assert len(times) == 2 and all(t >= 0 for t in times)
+    assert flops == 2 * (2 * 8 * 16 * 4)
