@@ -33,10 +33,6 @@ class Component:
     #: keys the result on them; ``DistillContext.component`` builds it. (A ``model``
     #: parameter names a model by convention.)
     references: ClassVar[dict[str, str]] = {}
-    #: parameters that change how a result is computed, not what (the same up to float
-    #: rounding, e.g. a faster kernel): stored with every row but left out of the result key,
-    #: so that switching them never orphans stored results
-    not_in_key: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params=None):
         self.params = params

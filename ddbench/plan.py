@@ -127,11 +127,6 @@ class Resolved:
     def params_dict(self) -> dict:
         return P.as_dict(self.params)
 
-    def key_params(self) -> dict:
-        """``params_dict`` without the component's ``not_in_key`` parameters."""
-        skip = getattr(self.entry.cls, "not_in_key", ())
-        return {k: v for k, v in self.params_dict().items() if k not in skip}
-
     def instance(self):
         return self.entry.cls(self.params)
 
@@ -363,7 +358,7 @@ def _job(spec, base, objs, dres, dspec, darg, ipc, condition, seed, distill_mode
     rng_seed = seed_of(data_coords, seed)
     key = digest({
         "method": spec.text,
-        "params": {r.name: r.key_params() for r in (base, *objs)},
+        "params": method_params(base, objs),
         "distill_models": {n: r.params_dict() for n, r in sorted(distill_models.items())},
         # only when present, so that the keys of methods without references never change
         **({"parts": {f"{k}:{n}": r.params_dict() for (k, n), r in sorted(parts.items())}} if parts else {}),

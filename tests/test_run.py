@@ -124,17 +124,6 @@ def test_adding_a_model_later_does_not_redistill(ddb, tmp_path, monkeypatch):
     assert len({r["distill_key"] for r in got}) == 1
 
 
-def test_a_how_not_what_parameter_keeps_the_stored_result(ddb, tmp_path):
-    """``dm.fast`` is in ``not_in_key``: switching it finds the stored cell; a real parameter
-    does not."""
-    store = tmp_path / "r.sqlite"
-    base = ["run", "--methods", "dm", "--ipc", "1", "--seeds", "0", "--store", str(store), *TINY]
-    assert ddb(*base).code == 0
-    assert '"fast": true' in rows(store)[0]["params"]  # stored with the row all the same
-    assert "0 evaluation(s) run, 1 already stored" in ddb(*base, "--set", "dm.fast=false").out
-    assert "1 evaluation(s) run, 0 already stored" in ddb(*base, "--set", "dm.lr_img=2").out
-
-
 def test_sweep_axis_and_override(ddb, tmp_path):
     store = tmp_path / "r.sqlite"
     res = ddb("run", "--methods", "dm", "--ipc", "1", "--seeds", "0", "--store", str(store),

@@ -7,9 +7,7 @@ classes). The images take one SGD step (momentum 0.5) per iteration.
 
 Done better than the reference, with the same loss and gradients: all classes go through
 the network in one batched forward (exact for instance norm; for batch norm it is the
-reference's own BN branch), the real side without a graph and in chunks. ``fast``
-(default) swaps the network's ReLU + 2x2 average pooling for faster layers, the same up to
-the order of a four-term sum (``use_fast_pooling`` in ``ddbench.models.convnet``).
+reference's own BN branch), the real side without a graph and in chunks.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from ddbench.allocator import inference_chunk
 from ddbench.augment import diff_augment, resolve_strategy
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
-from ddbench.models.convnet import use_fast_pooling
 
 
 class DM(Distiller):
@@ -43,11 +40,8 @@ class DM(Distiller):
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
         dsa_strategy: str = "auto"
         model: str = "convnet"
-        #: faster ReLU + pooling layers (the same up to float summation order); false = as built
-        fast: bool = True
 
     # CPU budget (the embedded default runs in minutes); the reference uses 256 real per class
-    not_in_key = ("fast",)
     presets = {"small": {"iterations": 50, "batch_real": 64}}
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
@@ -61,8 +55,6 @@ class DM(Distiller):
 
         for it in range(p.iterations):
             net = ctx.build_model(p.model).to(device)
-            if p.fast:
-                use_fast_pooling(net)
             net.train()
             for q in net.parameters():
                 q.requires_grad_(False)

@@ -11,13 +11,10 @@ synthetic set (plain SGD lr 0.01, batch 256). ``dsa`` applies one Siamese DSA tr
 per class to the real and synthetic batch, and per-sample DSA in the inner loop; ``dc``
 uses no augmentation during synthesis, as the reference (``dc_aug_param=None``).
 
-``fast`` (default) swaps the network's ReLU + 2x2 average pooling for faster layers that keep
-less for the backward, the same up to the order of a four-term sum (``use_fast_pooling`` in
-``ddbench.models.convnet``). What remains of an outer iteration is ~80% convolutions near
-the CPU's peak rate (profiled at CIFAR-10 shape: 256 real images per class already make
-large GEMMs; the synthetic side is ~1% of an IPC-10 iteration), so the classes stay in the
-reference's loop, draw for draw: batching them would do the same work, and with batch norm
-would change the statistics.
+An outer iteration is mostly convolutions (profiled at CIFAR-10 shape: 256 real images per
+class already make large GEMMs; the synthetic side is ~1% of an IPC-10 iteration), so the
+classes stay in the reference's loop, draw for draw: batching them would do the same work,
+and with batch norm would change the statistics.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ from ddbench import hookimpl
 from ddbench.augment import diff_augment, resolve_strategy, siamese_groups
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
-from ddbench.models.convnet import use_fast_pooling
 from ddbench.protocol import train_epoch
 
 #: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
@@ -129,10 +125,7 @@ class DC(Distiller):
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
         dsa_strategy: str = "auto"
         model: str = "convnet"
-        #: faster ReLU + pooling layers (the same up to float summation order); false = as built
-        fast: bool = True
 
-    not_in_key = ("fast",)
     presets = {"small": {"iterations": 10, "batch_real": 64}}
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
@@ -148,8 +141,6 @@ class DC(Distiller):
 
         for it in range(p.iterations):
             net = ctx.build_model(p.model).to(device)
-            if p.fast:
-                use_fast_pooling(net)
             net.train()
             params = [q for q in net.parameters() if q.requires_grad]
             opt_net = torch.optim.SGD(params, lr=p.lr_net)
