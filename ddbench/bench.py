@@ -54,6 +54,10 @@ SETTINGS = [
     Setting("dc-ipc1", "distill", "dc", 1, {}, "4.6", "2.6"),
     Setting("dc-ipc10", "distill", "dc", 10, {}, "142-144", "2.8"),
     Setting("dsa-ipc10", "distill", "dsa", 10, {}, "142-144", "2.8"),
+    # bfloat16 autocast: an option with its own numbers, beside the float32 reference figures
+    Setting("dm-bf16", "distill", "dm", 10, {"amp": "bf16"}, "1.8", "2.3"),
+    Setting("dc-ipc1-bf16", "distill", "dc", 1, {"amp": "bf16"}, "4.6", "2.6"),
+    Setting("dc-ipc10-bf16", "distill", "dc", 10, {"amp": "bf16"}, "142-144", "2.8"),
     Setting("mtt-ss10", "distill", "mtt", 10, {"syn_steps": 10}, "~12", "5.5"),
     Setting("mtt-ss30", "distill", "mtt", 10, {"syn_steps": 30}, "32-37", "12.8"),
     Setting("mtt-ss80", "distill", "mtt", 10, {"syn_steps": 80}, "", ""),

@@ -33,6 +33,10 @@ class Component:
     #: keys the result on them; ``DistillContext.component`` builds it. (A ``model``
     #: parameter names a model by convention.)
     references: ClassVar[dict[str, str]] = {}
+    #: parameters added after results were stored -> the value that reproduces the earlier
+    #: behaviour: at that value they are left out of result keys and stored parameters, so
+    #: that stored results still match (e.g. ``{"amp": "off"}``)
+    late_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params=None):
         self.params = params

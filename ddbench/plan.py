@@ -125,7 +125,10 @@ class Resolved:
         return self.entry.name
 
     def params_dict(self) -> dict:
-        return P.as_dict(self.params)
+        """The parameters that key and describe a result (``late_params`` at their neutral
+        value left out)."""
+        late = getattr(self.entry.cls, "late_params", {})
+        return {k: v for k, v in P.as_dict(self.params).items() if not (k in late and late[k] == v)}
 
     def instance(self):
         return self.entry.cls(self.params)

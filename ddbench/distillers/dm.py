@@ -22,6 +22,7 @@ from ddbench.allocator import inference_chunk
 from ddbench.augment import diff_augment, resolve_strategy
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
+from ddbench.precision import autocast
 
 
 class DM(Distiller):
@@ -40,8 +41,12 @@ class DM(Distiller):
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
         dsa_strategy: str = "auto"
         model: str = "convnet"
+        #: "bf16": the network in bfloat16 autocast (faster, not the reference's numbers;
+        #: see ``ddbench.precision``); "off" = float32 as the reference
+        amp: Literal["off", "bf16"] = "off"
 
     # CPU budget (the embedded default runs in minutes); the reference uses 256 real per class
+    late_params = {"amp": "off"}
     presets = {"small": {"iterations": 50, "batch_real": 64}}
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
@@ -66,11 +71,12 @@ class DM(Distiller):
                 syn = diff_augment(images, strategy, groups=labels, generator=gen, num_groups=C)
                 gen.set_state(state)  # the real batch gets the same transform per class
                 real = diff_augment(real, strategy, groups=real_y, generator=gen, num_groups=C)
-            loss = self.base_loss(net, syn, labels, real, real_y, C)
-            if ctx.objectives:
-                loss = loss + ctx.objectives_loss(
-                    StepContext(net.features, syn, labels, real, real_y, it, C)
-                )
+            with autocast(device, p.amp):
+                loss = self.base_loss(net, syn, labels, real, real_y, C)
+                if ctx.objectives:
+                    loss = loss + ctx.objectives_loss(
+                        StepContext(net.features, syn, labels, real, real_y, it, C)
+                    )
             ctx.check_finite(loss, it)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -84,9 +90,10 @@ class DM(Distiller):
 
 
 def matching_loss(net, syn, syn_y, real, real_y, num_classes: int) -> torch.Tensor:
-    """Sum over classes of ||mean embed(real_c) - mean embed(syn_c)||^2 (real side detached)."""
+    """Sum over classes of ||mean embed(real_c) - mean embed(syn_c)||^2 (real side detached),
+    in float32 whatever precision the network ran in."""
     mean_real = class_means(net, real, real_y, num_classes)
-    emb_syn = net.embed(syn)
+    emb_syn = net.embed(syn).float()
     sums = torch.zeros(num_classes, emb_syn.shape[1], device=emb_syn.device, dtype=emb_syn.dtype)
     counts = torch.bincount(syn_y, minlength=num_classes).to(emb_syn.dtype).clamp_min(1)
     mean_syn = sums.index_add(0, syn_y, emb_syn) / counts.unsqueeze(1)
@@ -101,7 +108,7 @@ def class_means(net, x, y, num_classes: int) -> torch.Tensor:
     chunk = len(x) if has_bn else inference_chunk(x.device)
     sums = None
     for start in range(0, len(x), chunk):
-        emb = net.embed(x[start : start + chunk])
+        emb = net.embed(x[start : start + chunk]).float()
         if sums is None:
             sums = torch.zeros(num_classes, emb.shape[1], device=emb.device, dtype=emb.dtype)
         sums.index_add_(0, y[start : start + chunk], emb)

@@ -29,6 +29,7 @@ from ddbench import hookimpl
 from ddbench.augment import diff_augment, resolve_strategy, siamese_groups
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
+from ddbench.precision import autocast
 from ddbench.protocol import train_epoch
 
 #: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
@@ -125,7 +126,11 @@ class DC(Distiller):
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
         dsa_strategy: str = "auto"
         model: str = "convnet"
+        #: "bf16": the network in bfloat16 autocast, matching and inner loop (faster, not the
+        #: reference's numbers; see ``ddbench.precision``); "off" = float32 as the reference
+        amp: Literal["off", "bf16"] = "off"
 
+    late_params = {"amp": "off"}
     presets = {"small": {"iterations": 10, "batch_real": 64}}
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
@@ -148,11 +153,12 @@ class DC(Distiller):
             for ol in range(outer):
                 if bns:
                     _freeze_bn_statistics(net, bns, data, gen, device)
-                loss = self.matching_loss(net, params, data, images, labels, strategy, gen)
-                if ctx.objectives:
-                    real_x, real_y = ctx.objective_batch(p.batch_real)
-                    loss = loss + ctx.objectives_loss(StepContext(
-                        net.features, images, labels, real_x, real_y, it * outer + ol, C))
+                with autocast(device, p.amp):
+                    loss = self.matching_loss(net, params, data, images, labels, strategy, gen)
+                    if ctx.objectives:
+                        real_x, real_y = ctx.objective_batch(p.batch_real)
+                        loss = loss + ctx.objectives_loss(StepContext(
+                            net.features, images, labels, real_x, real_y, it * outer + ol, C))
                 ctx.check_finite(loss, it)
                 opt_img.zero_grad(set_to_none=True)
                 loss.backward()
@@ -160,8 +166,9 @@ class DC(Distiller):
                 if ol == outer - 1:
                     break
                 for _ in range(inner):  # the reference's epoch('train'), which unfreezes BN
-                    train_epoch(net, opt_net, images.detach(), labels, p.batch_train,
-                                strategy if p.dsa else None, gen)
+                    with autocast(device, p.amp):
+                        train_epoch(net, opt_net, images.detach(), labels, p.batch_train,
+                                    strategy if p.dsa else None, gen)
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
 
