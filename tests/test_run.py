@@ -237,7 +237,7 @@ def test_console_script_and_module_entry_points(tmp_path):
         (["--ipc", "500"], "ipc 500 is larger than the smallest class of digits"),
         (["--set", "dm.lr_img"], "malformed --set 'dm.lr_img': expected NAME.PARAM=VALUE"),
         (["--set", "lr_img=1"], "malformed --set 'lr_img=1'"),
-        (["--set", "dm.lr=1"], "unknown parameter dm.lr; valid parameters of dm: batch_real, dsa"),
+        (["--set", "dm.lr=1"], "unknown parameter dm.lr; valid parameters of dm: amp, batch_real, dsa"),
         (["--set", "dm.iterations=ten"], "invalid value 'ten' for dm.iterations: expected int"),
         (["--set", "dm.init=zeros"], "invalid value 'zeros' for dm.init; valid choices: real, noise"),
         (["--set", "xx.lr_img=1"], "--set xx.lr_img: no component is named 'xx'; valid names: alexnet, cifar10"),
