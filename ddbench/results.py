@@ -197,16 +197,31 @@ def _disambiguate(rows: list[dict], label_of, params_of) -> dict[str, str]:
         options = variants[label]
         if len(options) > 1:
             mine = _flat(params_of(r))
-            keys = sorted({k for o in options.values() for k in o}
-                          if False else {k for o in options.values() for k in set(o) | set(mine)
-                                         if o.get(k) != mine.get(k)})
+            keys = sorted({k for o in options.values() for k in set(o) | set(mine)
+                           if o.get(k) != mine.get(k)})
             label = f"{label} [{','.join(f'{k}={mine.get(k)}' for k in keys)}]"
         out[r["cell_key"]] = label
     return out
 
 
 def _variant_labels(rows):
-    return _disambiguate(rows, lambda r: r["method"], lambda r: json.loads(r["params"] or "{}"))
+    late = _late_params()
+    return _disambiguate(rows, lambda r: r["method"], lambda r: _with_late(json.loads(r["params"] or "{}"), late))
+
+
+def _late_params() -> dict[str, dict]:
+    """component name -> its ``late_params`` (distillers and objectives of this install)."""
+    from ddbench.registry import load_registry
+
+    registry = load_registry()
+    return {e.name: dict(getattr(e.cls, "late_params", {}))
+            for kind in ("distillers", "objectives") for e in registry.entries(kind)}
+
+
+def _with_late(params: dict, late: dict[str, dict]) -> dict:
+    """Rows store a late parameter only away from its neutral value; put that value back, so
+    that a variant reads ``dm [dm.amp=off]`` beside ``dm [dm.amp=bf16]``."""
+    return {c: {**late.get(c, {}), **p} if isinstance(p, dict) else p for c, p in params.items()}
 
 
 def _model_labels(rows):

@@ -79,5 +79,7 @@ def test_amp_is_a_keyed_option_and_off_keeps_the_old_keys(ddb, tmp_path, monkeyp
     assert res.code == 0, res.err
     bf16 = [r for r in rows(store) if '"amp": "bf16"' in r["params"]]
     assert len(bf16) == 1 and bf16[0]["distill_key"] != row["distill_key"]
+    report = ddb("report", "--store", str(store)).out
+    assert "dm [dm.amp=off]" in report and "dm [dm.amp=bf16]" in report  # not "amp=None"
     bad = ddb(*base, "--set", "dm.amp=fp16")
     assert bad.code == 2 and "fp16" in bad.err and "bf16" in bad.err
