@@ -45,8 +45,8 @@ class DM(Distiller):
         #: see ``ddbench.precision``); "off" = float32 as the reference
         amp: Literal["off", "bf16"] = "off"
 
-    # CPU budget (the embedded default runs in minutes); the reference uses 256 real per class
     late_params = {"amp": "off"}
+    # CPU budget (the embedded default runs in minutes); the reference uses 256 real per class
     presets = {"small": {"iterations": 50, "batch_real": 64}}
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
