@@ -10,11 +10,13 @@ distillers compute their losses in float32 from the autocast outputs.
 from __future__ import annotations
 
 import contextlib
+from typing import Literal, get_args
 
 import torch
 
-#: the values a distiller's ``amp`` parameter takes
-AMP_CHOICES = ("off", "bf16")
+#: the type of a distiller's ``amp`` parameter
+Amp = Literal["off", "bf16"]
+AMP_CHOICES = get_args(Amp)
 
 
 def autocast(device: torch.device, amp: str):

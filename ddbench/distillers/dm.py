@@ -22,7 +22,7 @@ from ddbench.allocator import inference_chunk
 from ddbench.augment import diff_augment, resolve_strategy
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
-from ddbench.precision import autocast
+from ddbench.precision import Amp, autocast
 
 
 class DM(Distiller):
@@ -43,7 +43,7 @@ class DM(Distiller):
         model: str = "convnet"
         #: "bf16": the network in bfloat16 autocast (faster, not the reference's numbers;
         #: see ``ddbench.precision``); "off" = float32 as the reference
-        amp: Literal["off", "bf16"] = "off"
+        amp: Amp = "off"
 
     late_params = {"amp": "off"}
     # CPU budget (the embedded default runs in minutes); the reference uses 256 real per class

@@ -29,7 +29,7 @@ from ddbench import hookimpl
 from ddbench.augment import diff_augment, resolve_strategy, siamese_groups
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic, sample_per_class
-from ddbench.precision import autocast
+from ddbench.precision import Amp, autocast
 from ddbench.protocol import train_epoch
 
 #: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
@@ -128,7 +128,7 @@ class DC(Distiller):
         model: str = "convnet"
         #: "bf16": the network in bfloat16 autocast, matching and inner loop (faster, not the
         #: reference's numbers; see ``ddbench.precision``); "off" = float32 as the reference
-        amp: Literal["off", "bf16"] = "off"
+        amp: Amp = "off"
 
     late_params = {"amp": "off"}
     presets = {"small": {"iterations": 10, "batch_real": 64}}
@@ -165,8 +165,8 @@ class DC(Distiller):
                 opt_img.step()
                 if ol == outer - 1:
                     break
-                for _ in range(inner):  # the reference's epoch('train'), which unfreezes BN
-                    with autocast(device, p.amp):
+                with autocast(device, p.amp):
+                    for _ in range(inner):  # the reference's epoch('train'), which unfreezes BN
                         train_epoch(net, opt_net, images.detach(), labels, p.batch_train,
                                     strategy if p.dsa else None, gen)
             ctx.progress(it + 1, p.iterations)
