@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from ddbench import artifacts, stats
 from ddbench.conditions import dataset_label
-from ddbench.results import SEED, CellId, Table
+from ddbench.results import SEED, CellId, Table, variant_labels
 
 ALPHA = stats.ALPHA
 
@@ -298,15 +298,16 @@ def render_json(an: Analysis) -> str:
 
 
 def cost_table(synsets: list[dict], tablefmt: str = "simple", root: Path | None = None) -> str:
-    """Distillation cost per method x dataset x IPC x device, as reviewers of DD papers ask
+    """Distillation cost per method variant x dataset x IPC x device, as reviewers of DD papers ask
     for: seconds per iteration and wall/CPU seconds of the whole distillation (means over
     seeds), peak memory (max over seeds), and the number of classes when the sets' files
     are under ``root`` (the store's folder). Empty when nothing iterates."""
     groups: dict[tuple, list[dict]] = {}
+    label = variant_labels(synsets, key="distill_key") if synsets else {}
     for r in synsets:
         if r["status"] == "ok" and r["seconds_per_iter"]:
             ds = dataset_label(r["dataset"], r["conditions"])
-            key = (ds, r["ipc"] if r["ipc"] is not None else -1, r["method"], r["device"])
+            key = (ds, r["ipc"] if r["ipc"] is not None else -1, label[r["distill_key"]], r["device"])
             groups.setdefault(key, []).append(r)
 
     def mean(got, column):

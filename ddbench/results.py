@@ -125,7 +125,7 @@ def load_rows(store: Store, filters: Filters) -> list[dict]:
 def group(rows: list[dict], method_order: list[str] | None = None) -> list[Table]:
     """Rows -> tables of cells of samples (see the module docstring for the rules)."""
     rows = sorted(rows, key=lambda r: r["created"] or 0)
-    variant = _variant_labels(rows)
+    variant = variant_labels(rows)
     model_label = _model_labels(rows)
     tables: dict[tuple, Table] = {}
     # (table, cell, variant) -> seed -> {distill_key: [(created, eval_index, accuracy)]}
@@ -184,8 +184,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _disambiguate(rows: list[dict], label_of, params_of) -> dict[str, str]:
-    """cell_key -> label; a label whose rows carry different parameters gets the differing
+def _disambiguate(rows: list[dict], label_of, params_of, key: str = "cell_key") -> dict[str, str]:
+    """row[key] -> label; a label whose rows carry different parameters gets the differing
     ones appended (e.g. ``model [width=64]``)."""
     variants: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
@@ -200,13 +200,16 @@ def _disambiguate(rows: list[dict], label_of, params_of) -> dict[str, str]:
             keys = sorted({k for o in options.values() for k in set(o) | set(mine)
                            if o.get(k) != mine.get(k)})
             label = f"{label} [{','.join(f'{k}={mine.get(k)}' for k in keys)}]"
-        out[r["cell_key"]] = label
+        out[r[key]] = label
     return out
 
 
-def _variant_labels(rows):
+def variant_labels(rows: list[dict], key: str = "cell_key") -> dict[str, str]:
+    """row[key] -> method label with the parameters that tell its variants apart, for result
+    rows (``cell_key``) and synthetic-set rows (``distill_key``) alike."""
     late = _late_params()
-    return _disambiguate(rows, lambda r: r["method"], lambda r: _with_late(json.loads(r["params"] or "{}"), late))
+    return _disambiguate(rows, lambda r: r["method"], lambda r: _with_late(json.loads(r["params"] or "{}"), late),
+                         key)
 
 
 def _late_params() -> dict[str, dict]:

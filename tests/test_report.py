@@ -169,6 +169,23 @@ def test_same_label_different_parameters_are_told_apart(tmp_path):
     assert analysis(tmp_path / "r.sqlite").tables[0].methods == ["dm [dm.lr_img=1.0]", "dm [dm.lr_img=0.1]"]
 
 
+def test_cost_table_keeps_variants_of_one_method_apart():
+    def synset(seed, amp, spi, mem):
+        params = {"dm": {"amp": amp}} if amp else {"dm": {}}
+        return {"distill_key": f"dm-{amp}-{seed}", "method": "dm", "params": json.dumps(params),
+                "dataset": "mnist", "conditions": "clean", "ipc": 1, "seed": seed, "status": "ok",
+                "seconds_per_iter": spi, "seconds": spi * 50, "cpu_seconds": spi * 50,
+                "peak_mem_mb": mem, "device": "cpu", "artifact": None}
+
+    # float32 rows store no amp (its neutral value is a late parameter), bf16 rows do
+    rows = [synset(0, None, 2.0, 1500), synset(1, None, 4.0, 1600), synset(0, "bf16", 1.0, 1400)]
+    lines = report.cost_table(rows).splitlines()[2:]
+    # method (two words), dataset, classes, ipc, s/iter, wall s, cpu s, peak MB, sets, device
+    assert [line.split() for line in lines] == [
+        ["dm", "[dm.amp=bf16]", "mnist", "-", "1", "1", "50", "50", "1400", "1", "cpu"],
+        ["dm", "[dm.amp=off]", "mnist", "-", "1", "3", "150", "150", "1600", "2", "cpu"]]
+
+
 def test_report_cli_formats_filters_and_files(store, ddb, tmp_path):
     res = ddb("report", "--store", str(store), "--datasets", "mnist", "--methods", "a,b+x", "--cost")
     assert res.code == 0, res.err
