@@ -116,38 +116,40 @@ def _model(registry, name: str, data):
 
 
 class _CountLast:
-    """Progress callback: time stamps of the first ``timed`` iterations, then FLOP counting
-    from the start of the next one until ``done``."""
+    """Progress callback: time stamps of the first ``timed`` iterations, then (``count``) FLOP
+    counting from the start of the next one until ``done``."""
 
-    def __init__(self, timed: int):
-        self.timed, self.stamps = timed, [time.perf_counter()]
+    def __init__(self, timed: int, count: bool = True):
+        self.timed, self.count, self.stamps = timed, count, [time.perf_counter()]
         self.counter = FlopCounterMode(display=False)
         self.counting = False
 
     def __call__(self, step: int, total: int | None = None) -> None:
         if step <= self.timed:
             self.stamps.append(time.perf_counter())
-        if step == self.timed:
+        if step == self.timed and self.count:
             self.counter.__enter__()
             self.counting = True
 
-    def done(self) -> tuple[list[float], int]:
+    def done(self) -> tuple[list[float], int | None]:
         if self.counting:
             self.counter.__exit__(None, None, None)
-        return [b - a for a, b in pairwise(self.stamps)], self.counter.get_total_flops()
+        flops = self.counter.get_total_flops() if self.count else None
+        return [b - a for a, b in pairwise(self.stamps)], flops
 
 
-def measure_distill(setting: Setting, data, iterations: int, device: torch.device) -> tuple[list[float], int]:
+def measure_distill(setting: Setting, data, iterations: int, device: torch.device,
+                    flops: bool = True) -> tuple[list[float], int | None]:
     """Per-iteration seconds of ``iterations`` outer iterations of the setting's method, and
-    the FLOPs of one more."""
+    (``flops``) the FLOPs of one more."""
     from ddbench.components import DistillContext
     from ddbench.registry import load_registry
 
     registry = load_registry()
     cls = registry.get("distillers", setting.method).cls
     params = cls.Params(**{**cls.preset_values("paper", "cifar10", setting.ipc), **setting.params,
-                           "iterations": iterations + 1})
-    clock = _CountLast(iterations)
+                           "iterations": iterations + int(flops)})
+    clock = _CountLast(iterations, flops)
     ctx = DistillContext(
         data=data, ipc=setting.ipc, seed=0, device=device, objectives=[],
         build_model=lambda name: _model(registry, name, data), progress=clock,
@@ -161,9 +163,9 @@ def measure_distill(setting: Setting, data, iterations: int, device: torch.devic
     return times, flops
 
 
-def measure_experts(data, epochs: int, device: torch.device) -> tuple[list[float], int]:
+def measure_experts(data, epochs: int, device: torch.device, flops: bool = True) -> tuple[list[float], int | None]:
     """Seconds per epoch of expert training with the reference settings (``buffer.py``), and
-    the FLOPs of one more epoch."""
+    (``flops``) the FLOPs of one more epoch."""
     from ddbench.augment import resolve_strategy
     from ddbench.distillers.mtt import MTT
     from ddbench.protocol import train_epoch
@@ -176,9 +178,9 @@ def measure_experts(data, epochs: int, device: torch.device) -> tuple[list[float
     gen = torch.Generator().manual_seed(0)
     x, y = data.x_train.to(device), data.y_train.to(device)
     strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
-    clock = _CountLast(epochs)
+    clock = _CountLast(epochs, flops)
     try:
-        for epoch in range(epochs + 1):
+        for epoch in range(epochs + int(flops)):
             train_epoch(net, opt, x, y, p.expert_batch, strategy, gen)
             clock(epoch + 1)
     finally:
@@ -208,30 +210,31 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_one(name: str, data_spec: str, root: str, iterations: int, device: str) -> dict:
+def run_one(name: str, data_spec: str, root: str, iterations: int, device: str, count_flops: bool = True) -> dict:
     """Measure one setting in this process (the worker side of ``ddbench bench``)."""
     setting = BY_NAME[name]
     dev = torch.device(device)
     data = load_data(data_spec, root)
     if setting.kind == "experts":
-        times, flops = measure_experts(data, max(2, iterations), dev)
+        times, flops = measure_experts(data, max(2, iterations), dev, count_flops)
     else:
-        times, flops = measure_distill(setting, data, iterations, dev)
+        times, flops = measure_distill(setting, data, iterations, dev, count_flops)
     measured = times[1:] or times
     seconds = statistics.median(measured)
     return {"setting": name, "method": setting.method or setting.kind, "ipc": setting.ipc,
             "params": setting.params, "unit": setting.unit, "iterations": len(times),
-            "seconds": seconds, "seconds_all": times, "flops": flops, "gflops_per_s": flops / seconds / 1e9,
+            "seconds": seconds, "seconds_all": times, "flops": flops,
+            "gflops_per_s": None if flops is None else flops / seconds / 1e9,
             "peak_mb": _peak_mb(dev), "ref_seconds": setting.ref_seconds, "ref_mem_gb": setting.ref_mem_gb}
 
 
 def run_all(names: list[str], data_spec: str, root: str, iterations: int, device: str,
-            echo=print) -> list[dict]:
+            echo=print, count_flops: bool = True) -> list[dict]:
     """Each setting in a fresh interpreter; returns their records."""
     records = []
     for name in names:
         cmd = [sys.executable, "-m", "ddbench.bench", name, "--data", data_spec, "--data-root", root,
-               "--iterations", str(iterations), "--device", device]
+               "--iterations", str(iterations), "--device", device] + ([] if count_flops else ["--no-flops"])
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -269,9 +272,10 @@ def table(records: list[dict], gemm: float | None = None) -> str:
         if "error" in r:
             rows.append([r["setting"], "", "failed", "", "", "", "", "", r["error"][:60]])
             continue
-        share = f"{100 * r['gflops_per_s'] / gemm:.0f}%" if gemm else "-"
+        rate = r["gflops_per_s"]
+        share = f"{100 * rate / gemm:.0f}%" if gemm and rate is not None else "-"
         rows.append([r["setting"], r["unit"], f"{r['seconds']:.3g}", r["ref_seconds"] or "-",
-                     f"{r['peak_mb'] / 1024:.2f}", r["ref_mem_gb"] or "-", f"{r['gflops_per_s']:.1f}",
+                     f"{r['peak_mb'] / 1024:.2f}", r["ref_mem_gb"] or "-", "-" if rate is None else f"{rate:.1f}",
                      share, r["iterations"]])
     return tabulate(rows, headers=["setting", "per", "seconds", "reference s", "peak GB",
                                    "reference GB", "GFLOP/s", "of GEMM", "measured"])
@@ -285,13 +289,14 @@ def _main() -> None:
     ap.add_argument("--data-root", default="datasets")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-flops", action="store_true", help="skip the extra FLOP-counting iteration")
     a = ap.parse_args()
     if a.gemm:
         print(gemm_gflops(torch.device(a.device)))
         return
     if a.setting is None:
         ap.error("a setting or --gemm is required")
-    print(json.dumps(run_one(a.setting, a.data, a.data_root, a.iterations, a.device)))
+    print(json.dumps(run_one(a.setting, a.data, a.data_root, a.iterations, a.device, not a.no_flops)))
 
 
 if __name__ == "__main__":

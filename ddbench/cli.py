@@ -457,9 +457,11 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
 @click.option("--iterations", type=click.IntRange(min=2), default=3, show_default=True,
               help="Iterations (epochs for experts) per setting; the first is a warm-up.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--flops/--no-flops", default=True, show_default=True,
+              help="Count the FLOPs of one extra, untimed iteration per setting (GFLOP/s columns).")
 @click.option("--json", "json_out", default="bench.json", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the records (with the environment).")
-def bench_cmd(names, show, data, data_root, iterations, device, json_out):
+def bench_cmd(names, show, data, data_root, iterations, device, flops, json_out):
     """Seconds per iteration and peak memory of each method and setting, each in a fresh
     process, beside the public reference implementations' figures."""
     import json
@@ -478,8 +480,9 @@ def bench_cmd(names, show, data, data_root, iterations, device, json_out):
     env = bench.environment(device)
     click.echo(f"ddbench bench on {data} ({device}, torch {env['torch']}, {env['cpus']} cpus, "
                f"{iterations} iterations each, the first a warm-up)", err=True)
-    records = bench.run_all(chosen, data, data_root, iterations, device, echo=lambda m: click.echo(m, err=True))
-    env["gemm_gflops"] = bench.measure_gemm(device)
+    records = bench.run_all(chosen, data, data_root, iterations, device, echo=lambda m: click.echo(m, err=True),
+                            count_flops=flops)
+    env["gemm_gflops"] = bench.measure_gemm(device) if flops else None
     click.echo(bench.table(records, env["gemm_gflops"]))
     if env["gemm_gflops"]:
         click.echo(f"GFLOP/s: matmul and convolution FLOPs of one iteration (FlopCounterMode) over its "

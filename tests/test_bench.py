@@ -45,3 +45,22 @@ def test_flops_are_counted_on_one_extra_untimed_iteration():
     times, flops = clock.done()
     assert len(times) == 2 and all(t >= 0 for t in times)
     assert flops == 2 * (2 * 8 * 16 * 4)
+
+
+def test_no_flops_skips_the_counting_iteration(ddb, tmp_path):
+    from ddbench.bench import _CountLast
+
+    clock = _CountLast(2, count=False)
+    for step in (1, 2):
+        clock(step)
+    assert clock.done()[1] is None and not clock.counting
+
+    out = tmp_path / "b.json"
+    res = ddb("bench", "--settings", "dm", "--data", "digits", "--data-root", str(tmp_path / "d"),
+              "--iterations", "2", "--no-flops", "--json", str(out))
+    assert res.code == 0, res.err
+    doc = json.loads(out.read_text())
+    (rec,) = doc["records"]
+    assert rec["iterations"] == 2 and rec["seconds"] > 0
+    assert rec["flops"] is None and rec["gflops_per_s"] is None
+    assert doc["environment"]["gemm_gflops"] is None and "of GEMM:" not in res.out
