@@ -179,9 +179,11 @@ def render(res: CheckResult, strict: bool = False) -> str:
 
 
 def build(tables: list[Table], rows: list[dict], runs: list[dict], old: Baseline | None, path,
-          tolerance: float | None) -> Baseline:
+          tolerance: float | None, merge: bool = False) -> Baseline:
     """An own baseline from selected results (``check --update``): one protocol and
-    environment only, every unit value kept, the producing commands and versions recorded."""
+    environment only, every unit value kept, the producing commands and versions recorded.
+    ``merge`` keeps ``old``'s cells and unit values that the selection lacks (a baseline
+    gathered over several runs, e.g. seeds run on different days), same protocol only."""
     if not tables:
         raise DDBenchError("no results in this selection to build a baseline from")
     if len(tables) > 1:
@@ -202,14 +204,44 @@ def build(tables: list[Table], rows: list[dict], runs: list[dict], old: Baseline
     for r in rows:
         versions.update(json.loads(r["versions"] or "{}"))
     meta = dict(old.meta) if old else {}
+    commands = [r["command"] for r in runs]
+    presets = {r["preset"] for r in runs if r["preset"]}
+    devices = {r["device"] for r in rows if r["device"]}
+    revs = {r["git_rev"] for r in rows if r["git_rev"]}
+    if merge and old:
+        cells = _merged(old, t, cells)
+        env = meta.get("environment", {})
+        commands = meta.get("commands", []) + commands
+        presets |= set(meta.get("presets", []))
+        devices |= set(env.get("devices", []))
+        revs |= set(env.get("git_revs", []))
     meta.update(
         name=path.stem, created=now_iso(),
         tolerance_pp=tolerance if tolerance is not None else meta.get("tolerance_pp", 1.0),
-        commands=list(dict.fromkeys(r["command"] for r in runs)),  # resumed runs repeat theirs presets=sorted({r["preset"] for r in runs if r["preset"]}),
+        commands=list(dict.fromkeys(commands)),  # resumed runs repeat theirs
+        presets=sorted(presets),
         protocol={"id": t.protocol, "hash": t.protocol_hash, "params": t.protocol_params},
-        environment={"versions": versions, "devices": sorted({r["device"] for r in rows if r["device"]}),
-                     "git_revs": sorted({r["git_rev"] for r in rows if r["git_rev"]})},
+        environment={"versions": versions, "devices": sorted(devices), "git_revs": sorted(revs)},
         unit_note=f"units: {EVAL}s when every method has one seed in a cell, else distillation seeds "
                   "(each seed's evaluation runs averaged); accuracies in percent")
     meta.setdefault("description", "")
     return Baseline(path, "own", cells, meta)
+
+
+def _merged(old: Baseline, t: Table, new: dict[Key, BaselineCell]) -> dict[Key, BaselineCell]:
+    """``old``'s cells with ``new``'s unit values laid over them (a unit run again replaces its
+    old value); refused across protocols or unit kinds, whose values do not pool."""
+    if old.protocol_hash != t.protocol_hash:
+        raise DDBenchError(f"--merge: {old.path} was built under protocol #{old.protocol_hash}, the "
+                           f"selection under #{t.protocol_hash}; their values do not pool")
+    cells = dict(old.cells)
+    for key, cell in new.items():
+        before = cells.get(key)
+        if before is not None and before.unit != cell.unit:
+            raise DDBenchError(f"--merge: {key.short()} holds {before.unit} units in {old.path} and "
+                               f"{cell.unit} units in the selection; their values do not pool")
+        values = {**(before.values if before else {}), **cell.values}
+        values = dict(sorted(values.items(), key=lambda kv: (len(kv[0]), kv[0])))
+        s = stats.describe(values.values())
+        cells[key] = BaselineCell(key, s.mean, s.std, s.n, unit=cell.unit, values=values)
+    return cells

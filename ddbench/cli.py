@@ -408,8 +408,11 @@ def compare_cmd(method_a, method_b, store, run_id, datasets, methods, ipc, model
 @click.option("--strict", is_flag=True, help="Also fail on cells missing on either side and untestable ones.")
 @click.option("--update", is_flag=True,
               help="Rewrite the BASELINE (.json) from the selected results instead of checking.")
+@click.option("--merge", is_flag=True,
+              help="With --update: keep the BASELINE's cells and unit values that the selection lacks "
+                   "(a baseline gathered over several runs; same protocol only).")
 def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, conditions, tolerance, alpha, strict,
-              update):
+              update, merge):
     """Check stored results against BASELINE cell by cell: exit 1 on a regression beyond the
     tolerance (one-sided test using both sides' spread and n), 0 otherwise. BASELINE is an own
     baseline (.json, from --update) or a table of published numbers (.csv)."""
@@ -417,6 +420,8 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
     from ddbench import check as checkmod
 
     path = Path(baseline)
+    if merge and not update:
+        raise DDBenchError("--merge only goes with --update (it says how to rewrite the baseline)")
     if update and path.suffix != ".json":
         raise DDBenchError(f"--update writes own baselines (.json); {baseline!r} is not one "
                            "(published tables are edited by hand, never rewritten from a run)")
@@ -428,14 +433,21 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
         if update:
             old = baselines.load(path) if path.exists() else None
             runs = st.runs({r["run_id"] for r in rows})
-            new = checkmod.build(tables, rows, runs, old, path, tolerance)
+            selected = checkmod.build(tables, rows, runs, old, path, tolerance)
+            new = checkmod.build(tables, rows, runs, old, path, tolerance, merge) if merge else selected
             _write(baselines.dump(new), str(path))
-            changed = sum(1 for k, c in new.cells.items() if old and k in old.cells
-                          and round(old.cells[k].mean, 4) != round(c.mean, 4))
-            added = len(set(new.cells) - set(old.cells if old else {}))
-            removed = len(set(old.cells if old else {}) - set(new.cells))
+            olds = old.cells if old else {}
+            changed = sum(1 for k, c in new.cells.items() if k in olds and round(olds[k].mean, 4) != round(c.mean, 4))
+            added = len(set(new.cells) - set(olds))
+            removed = len(set(olds) - set(new.cells))
+            # units run again: a reproducible run gives the stored value back
+            redone = [(k, u) for k, c in selected.cells.items() if k in olds
+                      for u in set(olds[k].values) & set(c.values)]
+            differ = sum(1 for k, u in redone
+                         if round(olds[k].values[u], 3) != round(selected.cells[k].values[u], 3))
             click.echo(f"baseline {path}: {len(new.cells)} cell(s); {added} new, {removed} removed, "
-                       f"{changed} with a changed mean")
+                       f"{changed} with a changed mean; {len(redone)} unit value(s) present before, "
+                       f"{differ} of them different now")
             return
         base = baselines.load(path)
         res = checkmod.check(base, tables, filters, tolerance=tolerance, alpha=alpha)

@@ -134,6 +134,42 @@ def test_update_keeps_the_files_settings_and_refuses_published_tables(ddb, store
     assert r.code == 2 and "never rewritten from a run" in r.err
 
 
+def test_update_merge_gathers_a_baseline_over_several_runs(ddb, store, tmp_path):
+    b = tmp_path / "b.json"
+    assert ddb("check", str(b), "--update", "--store", str(store), "--datasets", "digits").code == 0
+    doc = json.loads(b.read_text())
+    assert doc["presets"] == ["small"]  # the producing runs' preset is recorded
+    cell = next(c for c in doc["cells"] if (c["method"], c["ipc"]) == ("a", "1"))
+    want = dict(cell["values"])
+    # an earlier run's file: seed 2 not run yet, seed 0 from other code; and a cell of another store
+    cell["values"] = {"0": want["0"] - 5, "1": want["1"]}
+    cell.update(n=2, mean=sum(cell["values"].values()) / 2)
+    doc["cells"].append({**cell, "method": "z", "values": {"0": 50.0, "1": 52.0}, "mean": 51.0})
+    doc["commands"] = ["ddbench run --earlier"]
+    b.write_text(json.dumps(doc))
+    r = ddb("check", str(b), "--update", "--merge", "--store", str(store), "--datasets", "digits", "--methods", "a")
+    assert r.code == 0, r.err
+    assert "0 new, 0 removed, 1 with a changed mean; 5 unit value(s) present before, 1 of them different" in r.out
+    got = json.loads(b.read_text())
+    cells = {(c["method"], c["ipc"]): c for c in got["cells"]}
+    assert len(cells) == len(doc["cells"])  # b, c, b+x... and z kept
+    assert cells["a", "1"]["values"] == want and cells["a", "1"]["n"] == 3
+    assert cells["a", "1"]["mean"] == pytest.approx(np.mean(list(want.values())), abs=1e-3)
+    assert cells["z", "1"]["values"] == {"0": 50.0, "1": 52.0}
+    assert got["commands"][0] == "ddbench run --earlier" and len(got["commands"]) == 2
+    # without --merge the file is the selection alone
+    r = ddb("check", str(b), "--update", "--store", str(store), "--datasets", "digits", "--methods", "a")
+    assert r.code == 0 and len(json.loads(b.read_text())["cells"]) == 2
+    # values under another protocol do not pool; --merge alone says what it needs
+    doc["protocol"]["hash"] = "ffff"
+    b.write_text(json.dumps(doc))
+    r = ddb("check", str(b), "--update", "--merge", "--store", str(store), "--datasets", "digits")
+    assert r.code == 2 and "built under protocol #ffff" in r.err and "do not pool" in r.err
+    assert json.loads(b.read_text())["protocol"]["hash"] == "ffff"  # nothing written
+    r = ddb("check", str(b), "--merge", "--store", str(store))
+    assert r.code == 2 and "--merge only goes with --update" in r.err
+
+
 def test_protocol_mismatch_is_an_error(ddb, store, tmp_path):
     b = tmp_path / "b.json"
     assert ddb("check", str(b), "--update", "--store", str(store)).code == 0
