@@ -56,7 +56,9 @@ def test_batched_convnet_equals_one_by_one_across_the_lr_decay(dsa):
     got = evaluate_many(together, synset, data, protocol, SEEDS, CPU)
     assert got == expected
     for a, b in zip(alone, together, strict=True):
-        assert max_param_diff(a, b) < 1e-5  # float rounding of a grouped conv, no more
+        # float rounding of a grouped conv, amplified by training: ~1e-7 on most CPUs, 1.3e-3 on
+        # one net on an AMD EPYC (one early rounding flip); nets of other seeds differ by ~0.65
+        assert max_param_diff(a, b) < 5e-3
     assert max_param_diff(alone[0], convnets()[0]) > 1e-2  # and training did move them
 
 
