@@ -178,8 +178,34 @@ def render(res: CheckResult, strict: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class UpdateSummary:
+    """What ``check --update`` changed, so a user sees whether re-run units reproduced."""
+    cells: int
+    added: int
+    removed: int
+    changed: int  # cells whose mean moved
+    redone: int   # unit values present before and in the selection
+    differ: int   # ... of which the selection's value differs
+
+    def line(self, path) -> str:
+        return (f"baseline {path}: {self.cells} cell(s); {self.added} new, {self.removed} removed, "
+                f"{self.changed} with a changed mean; {self.redone} unit value(s) present before, "
+                f"{self.differ} of them different now")
+
+
+def summarize_update(old: Baseline | None, selected: dict[Key, BaselineCell], new: Baseline) -> UpdateSummary:
+    olds = old.cells if old else {}
+    redone = [(k, u) for k, c in selected.items() if k in olds for u in set(olds[k].values) & set(c.values)]
+    return UpdateSummary(
+        cells=len(new.cells), added=len(set(new.cells) - set(olds)), removed=len(set(olds) - set(new.cells)),
+        changed=sum(1 for k, c in new.cells.items() if k in olds and round(olds[k].mean, 4) != round(c.mean, 4)),
+        redone=len(redone),
+        differ=sum(1 for k, u in redone if round(olds[k].values[u], 3) != round(selected[k].values[u], 3)))
+
+
 def build(tables: list[Table], rows: list[dict], runs: list[dict], old: Baseline | None, path,
-          tolerance: float | None, merge: bool = False) -> Baseline:
+          tolerance: float | None, merge: bool = False) -> tuple[Baseline, UpdateSummary]:
     """An own baseline from selected results (``check --update``): one protocol and
     environment only, every unit value kept, the producing commands and versions recorded.
     ``merge`` keeps ``old``'s cells and unit values that the selection lacks (a baseline
@@ -208,6 +234,7 @@ def build(tables: list[Table], rows: list[dict], runs: list[dict], old: Baseline
     presets = {r["preset"] for r in runs if r["preset"]}
     devices = {r["device"] for r in rows if r["device"]}
     revs = {r["git_rev"] for r in rows if r["git_rev"]}
+    selected = cells
     if merge and old:
         cells = _merged(old, t, cells)
         env = meta.get("environment", {})
@@ -225,7 +252,8 @@ def build(tables: list[Table], rows: list[dict], runs: list[dict], old: Baseline
         unit_note=f"units: {EVAL}s when every method has one seed in a cell, else distillation seeds "
                   "(each seed's evaluation runs averaged); accuracies in percent")
     meta.setdefault("description", "")
-    return Baseline(path, "own", cells, meta)
+    new = Baseline(path, "own", cells, meta)
+    return new, summarize_update(old, selected, new)
 
 
 def _merged(old: Baseline, t: Table, new: dict[Key, BaselineCell]) -> dict[Key, BaselineCell]:

@@ -433,21 +433,9 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
         if update:
             old = baselines.load(path) if path.exists() else None
             runs = st.runs({r["run_id"] for r in rows})
-            selected = checkmod.build(tables, rows, runs, old, path, tolerance)
-            new = checkmod.build(tables, rows, runs, old, path, tolerance, merge) if merge else selected
+            new, summary = checkmod.build(tables, rows, runs, old, path, tolerance, merge)
             _write(baselines.dump(new), str(path))
-            olds = old.cells if old else {}
-            changed = sum(1 for k, c in new.cells.items() if k in olds and round(olds[k].mean, 4) != round(c.mean, 4))
-            added = len(set(new.cells) - set(olds))
-            removed = len(set(olds) - set(new.cells))
-            # units run again: a reproducible run gives the stored value back
-            redone = [(k, u) for k, c in selected.cells.items() if k in olds
-                      for u in set(olds[k].values) & set(c.values)]
-            differ = sum(1 for k, u in redone
-                         if round(olds[k].values[u], 3) != round(selected.cells[k].values[u], 3))
-            click.echo(f"baseline {path}: {len(new.cells)} cell(s); {added} new, {removed} removed, "
-                       f"{changed} with a changed mean; {len(redone)} unit value(s) present before, "
-                       f"{differ} of them different now")
+            click.echo(summary.line(path))
             return
         base = baselines.load(path)
         res = checkmod.check(base, tables, filters, tolerance=tolerance, alpha=alpha)
