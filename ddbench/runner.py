@@ -445,12 +445,12 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
             continue
         bundle = prepared.bundle(job)
         stored, seconds = _stored_synset(store, job.key)
-        if stored is None and job.key in prepared.experts:  # before distilling, not timed with it
+        buf = prepared.experts.get(job.key)
+        if stored is None and buf is not None and buf.missing():  # before distilling, not timed with it
             if prog:
                 prog.start(f"experts for {job.label} {job.dataset_label}")
             trained = build_experts(prepared, job, _reporter(prog, "train experts"))
             if trained:
-                buf = prepared.experts[job.key]
                 print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_label} "
                       f"(cached in {buf.folder})", file=sys.stderr)
         # workers never see the progress display: the driver follows their events instead

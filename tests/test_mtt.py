@@ -178,6 +178,15 @@ def test_experts_are_built_once_and_shared(ddb, tmp_path):
     assert "present (2)" in dry.out
 
 
+def test_progress_names_expert_training_only_where_it_happens(ddb, tmp_path):
+    # two seeds share one buffer: the first job trains it, the second must not claim to
+    loud = tuple(a for a in RUN if a != "--quiet")
+    res = ddb("run", *loud, "--seeds", "0,1", "--store", str(tmp_path / "r.sqlite"))
+    assert res.code == 0, res.err
+    assert res.err.count("experts for mtt digits") == 1, res.err
+    assert res.err.count("trained 2 expert(s)") == 1
+
+
 def test_changing_the_expert_recipe_builds_another_buffer(ddb, tmp_path):
     store = tmp_path / "r.sqlite"
     assert ddb("run", *RUN, "--seeds", "0", "--store", str(store)).code == 0
