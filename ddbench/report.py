@@ -362,7 +362,8 @@ def significance_summary(an: Analysis, limit: int | None = 10) -> str:
         lines.append(f"  ... and {len(sig) - len(shown)} more (`ddbench report` lists all)")
     for ti, r in an.ranks.items():
         lines.append(f"  ranks over {r.n_blocks} cells ({an.tables[ti].protocol} #{an.tables[ti].protocol_hash[:8]}): "
-                     f"Friedman p {_p_is(r.p_chi2)}, Iman-Davenport p {_p_is(r.p_f)}; best "
+                     f"Friedman p {_p_is(r.p_chi2)}, Iman-Davenport p {_p_is(r.p_f)}, "
+                     f"permutation p {_p_is(r.p_perm)}; best "
                      f"{r.methods[min(range(len(r.methods)), key=r.avg_ranks.__getitem__)]}")
     return "\n".join(lines)
 
@@ -372,12 +373,19 @@ def _reasons(untested: list[stats.Comparison]) -> str:
     return "; ".join(notes)
 
 
+#: below this many cells the rank test's output warns that its approximations are loose
+FEW_CELLS = 10
+
+
 def rank_text(r: stats.RankTest) -> str:
     order = sorted(range(len(r.methods)), key=r.avg_ranks.__getitem__)
     rows = [[r.methods[i], f"{r.avg_ranks[i]:.2f}"] for i in order]
     head = (f"average ranks over {r.n_blocks} cells (1 = best): Friedman chi2 = {r.chi2:.2f}, "
             f"p {_p_is(r.p_chi2)}; Iman-Davenport F = {r.f_stat:.2f}, p {_p_is(r.p_f)}; "
-            f"Nemenyi CD ({ALPHA}) = {r.cd:.2f}")
+            f"permutation p {_p_is(r.p_perm)}; Nemenyi CD ({ALPHA}) = {r.cd:.2f}")
+    if r.n_blocks < FEW_CELLS:
+        head += (f"\nonly {r.n_blocks} cells: the chi2 and F p-values are large-sample approximations; "
+                 f"trust the permutation p")
     return head + "\n" + tabulate(rows, headers=["method", "avg rank"], disable_numparse=True)
 
 

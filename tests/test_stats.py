@@ -95,3 +95,24 @@ def test_describe_t_interval():
     half = st.t.ppf(0.975, 2) / math.sqrt(3)
     assert (s.ci_low, s.ci_high) == pytest.approx((2 - half, 2 + half))
     assert math.isnan(stats.describe([1.0]).std)
+
+
+def test_permutation_p_is_exact_where_f_is_infinite():
+    # two cells ranking three methods identically: F is infinite, but under H0 the chance of
+    # the second cell repeating the first's ordering is 1/3! (exact enumeration of 6^2 cases)
+    r = stats.rank_test([[0.9, 0.8, 0.7], [0.95, 0.85, 0.75]], list("abc"))
+    assert math.isinf(r.f_stat) and r.p_f == 0.0
+    assert r.p_perm == pytest.approx(1 / 6)
+
+
+def test_permutation_p_agrees_with_friedman_for_many_cells():
+    x = np.random.default_rng(0).normal(size=(30, 4))
+    x[:, 0] += 0.5
+    r = stats.rank_test(x, list("abcd"))
+    assert r.p_perm == pytest.approx(r.p_chi2, abs=0.02)  # Monte Carlo vs chi2, large N
+    assert 0 < stats.friedman_permutation_p(x, n_perm=2000) < 1
+
+
+def test_permutation_p_counts_ties_as_mid_ranks():
+    # every cell a three-way tie: every arrangement gives the observed statistic, so p = 1
+    assert stats.friedman_permutation_p([[1, 1, 1], [2, 2, 2]]) == 1.0
