@@ -1,4 +1,5 @@
-"""DC, DSA and DM seconds per iteration: the public reference code against ddbench, side by side.
+"""DC, DSA and DM seconds per iteration (and expert training per epoch): the public reference
+code against ddbench, side by side.
 
 The issue's reference figures were measured on some other machine; this script measures both
 on this one, so the ratio says whether ddbench does the same work faster. The reference side
@@ -11,7 +12,12 @@ side is ``ddbench.bench.measure_distill``, as ``ddbench bench`` runs it.
 
 Both use CIFAR-10-shaped random tensors (the work does not depend on pixel values). Every
 measurement runs in a fresh interpreter (peak memory of its own); the two sides alternate
-(R D, D R, ...) so that a noisy machine favours neither. Reported: per side, the median over
+(R D, D R, ...) so that a noisy machine favours neither. ``experts`` times one training epoch of
+an MTT expert as ``buffer.py`` runs it (the reference ``epoch('train', ..., aug=True)`` over a
+shuffled ``DataLoader`` of batch 256 with DSA, SGD lr 0.01 without momentum or weight decay;
+the DC repository's ``epoch``, which MTT's copies but for its ZCA/texture options) against
+``ddbench.bench.measure_experts``; the per-epoch test pass of ``buffer.py`` is left out on
+both sides. Reported: per side, the median over
 repetitions of each worker's median seconds per outer iteration (after one warm-up
 iteration), its peak RSS, and the ratio ddbench / reference. Much of ddbench's lead on CPU
 is its malloc tuning (``ddbench.allocator``); ``--tune-reference`` gives the reference side the
@@ -21,7 +27,7 @@ same tuning, so the rest of the difference shows on its own.
 for a quick look; both sides then run the same reduced schedule.
 
     python benchmarks/reference_side_by_side.py --reference ~/src/DatasetCondensation \\
-        --settings dc-ipc1,dm-ipc10,dc-ipc10,dsa-ipc10 --iterations 3 --repeats 2 --threads 2
+        --settings dc-ipc1,dm-ipc10,dc-ipc10,dsa-ipc10,experts --iterations 3 --repeats 2 --threads 2
 """
 
 from __future__ import annotations
@@ -43,9 +49,11 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # the reference README's, 
 
 
 def parse_setting(text: str) -> tuple[str, int]:
+    if text == "experts":
+        return "experts", 0
     method, sep, ipc = text.partition("-ipc")
     if method not in ("dc", "dsa", "dm") or not sep or not ipc.isdigit():
-        raise SystemExit(f"bad setting {text!r}: expected dc-ipcN, dsa-ipcN or dm-ipcN")
+        raise SystemExit(f"bad setting {text!r}: expected dc-ipcN, dsa-ipcN, dm-ipcN or experts")
     return method, int(ipc)
 
 
@@ -61,6 +69,8 @@ def reference_run(utils, method: str, ipc: int, iterations: int, outer: int, inn
         idx_shuffle = np.random.permutation(indices_class[c])[:n]
         return images_all[idx_shuffle]
 
+    if method == "experts":
+        return _reference_experts(utils, iterations, images_all, labels_all)
     dsa = method in ("dsa", "dm")
     args = SimpleNamespace(device="cpu", dis_metric="ours", dsa=dsa, dsa_param=utils.ParamDiffAug(),
                            dsa_strategy=DSA_STRATEGY if dsa else "None", batch_real=256, batch_train=256,
@@ -74,6 +84,22 @@ def reference_run(utils, method: str, ipc: int, iterations: int, outer: int, inn
     stamps = [time.perf_counter()]
     for _ in range(iterations):
         step(utils, args, image_syn, label_syn, optimizer_img, criterion, get_images, num_classes, channel, im_size)
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in pairwise(stamps)]
+
+
+def _reference_experts(utils, epochs: int, images_all, labels_all) -> list[float]:
+    """buffer.py's training loop for one expert: ``epochs`` epochs; their durations."""
+    args = SimpleNamespace(device="cpu", dsa=True, dsa_param=utils.ParamDiffAug(), dsa_strategy=DSA_STRATEGY)
+    net = utils.get_network("ConvNet", 3, 10, (32, 32))
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0, weight_decay=0)
+    dst = utils.TensorDataset(images_all, labels_all)
+    loader = torch.utils.data.DataLoader(dst, batch_size=256, shuffle=True, num_workers=0)
+    criterion = torch.nn.CrossEntropyLoss()
+    stamps = [time.perf_counter()]
+    for _ in range(epochs):
+        utils.epoch("train", loader, net, optimizer, criterion, args, aug=True)
         stamps.append(time.perf_counter())
     return [b - a for a, b in pairwise(stamps)]
 
@@ -139,8 +165,10 @@ def _dm_iteration(utils, args, image_syn, label_syn, optimizer_img, criterion, g
 # --- the ddbench side ---------------------------------------------------------------------
 
 def ddbench_run(method: str, ipc: int, iterations: int, outer: int, inner: int, data) -> list[float]:
-    from ddbench.bench import Setting, measure_distill
+    from ddbench.bench import Setting, measure_distill, measure_experts
 
+    if method == "experts":
+        return measure_experts(data, iterations, torch.device("cpu"), flops=False)[0]
     params = {} if method == "dm" else {"outer_loop": outer, "inner_loop": inner}
     times, _ = measure_distill(Setting(f"{method}-ipc{ipc}", "distill", method, ipc, params), data,
                                iterations, torch.device("cpu"), flops=False)
@@ -156,7 +184,7 @@ def worker(a) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     method, ipc = parse_setting(a.worker_setting)
-    outer, inner = _loops(ipc, a)
+    outer, inner = _loops(ipc, a) if method != "experts" else (0, 0)
     data = random_bundle(train=a.train)
     if a.worker == "ddbench" or a.tune_reference:
         tune_allocator()  # as ddbench run does
@@ -228,11 +256,11 @@ def main() -> None:
                 print(f"  {s} {side}: {rec['seconds']:.3g} s/it, peak {rec['peak_mb'] / 1024:.2f} GB", flush=True)
         ref = statistics.median(x["seconds"] for x in runs["reference"])
         ours = statistics.median(x["seconds"] for x in runs["ddbench"])
-        loops = f"{runs['ddbench'][0]['outer']}x{runs['ddbench'][0]['inner']}" if not s.startswith("dm") else "-"
+        loops = "-" if s.startswith(("dm", "experts")) else f"{runs['ddbench'][0]['outer']}x{runs['ddbench'][0]['inner']}"
         rows.append([s, loops, f"{ref:.3g}", f"{ours:.3g}", f"{ours / ref:.2f}",
                      f"{max(x['peak_mb'] for x in runs['reference']) / 1024:.2f}",
                      f"{max(x['peak_mb'] for x in runs['ddbench']) / 1024:.2f}"])
-    print(tabulate(rows, headers=["setting", "outer x inner", "reference s/it", "ddbench s/it",
+    print(tabulate(rows, headers=["setting", "outer x inner", "reference s/it (epoch)", "ddbench s/it (epoch)",
                                   "ddbench / reference", "reference GB", "ddbench GB"]))
     if a.output:
         with open(a.output, "w") as f:
