@@ -211,7 +211,11 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def run_one(name: str, data_spec: str, root: str, iterations: int, device: str, count_flops: bool = True) -> dict:
-    """Measure one setting in this process (the worker side of ``ddbench bench``)."""
+    """Measure one setting in this process (the worker side of ``ddbench bench``), with the malloc
+    tuning that ``ddbench run`` applies, so the numbers are those of a run."""
+    from ddbench.allocator import tune_allocator
+
+    tuned = tune_allocator()
     setting = BY_NAME[name]
     dev = torch.device(device)
     data = load_data(data_spec, root)
@@ -225,7 +229,8 @@ def run_one(name: str, data_spec: str, root: str, iterations: int, device: str, 
             "params": setting.params, "unit": setting.unit, "iterations": len(times),
             "seconds": seconds, "seconds_all": times, "flops": flops,
             "gflops_per_s": None if flops is None else flops / seconds / 1e9,
-            "peak_mb": _peak_mb(dev), "ref_seconds": setting.ref_seconds, "ref_mem_gb": setting.ref_mem_gb}
+            "peak_mb": _peak_mb(dev), "ref_seconds": setting.ref_seconds, "ref_mem_gb": setting.ref_mem_gb,
+            "malloc_tuned": tuned}
 
 
 def run_all(names: list[str], data_spec: str, root: str, iterations: int, device: str,
