@@ -23,7 +23,10 @@ import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_MMAP_THRESHOLD = -3
 _GLIBC_MMAP_MAX = 65536  # glibc's default
+_GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20  # the dynamic threshold's ceiling on 64-bit glibc
+_TUNED_TRIM_THRESHOLD = 2**30
 _done = False
 
 CPU_CHUNK = 256
@@ -37,7 +40,7 @@ def tune_allocator() -> bool:
         return _done
     try:
         libc = ctypes.CDLL("libc.so.6")
-        _done = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+        _done = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TUNED_TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         _done = False
     return _done
@@ -48,17 +51,25 @@ def glibc_defaults():
     """Large blocks from mmap again (glibc's default) while the block runs, when tuned.
 
     Measured with MTT on CIFAR-10 IPC 10 (syn_steps 10, 2-core VM): peak RSS 6.9 GB with the
-    tuning, 5.3 GB without, for the same seconds per iteration within noise.
+    tuning, 5.3 GB without, for the same seconds per iteration within noise. With the dynamic
+    threshold's settled values (below): mtt-ss10 19.6 s per iteration against 24.0-26.6 s with
+    the fixed 128 KiB threshold and 21.2 s untuned (`ddbench bench --iterations 5`, one session).
     """
     if not _done:
         yield
         return
     libc = ctypes.CDLL("libc.so.6")
+    # any mallopt turns glibc's dynamic mmap threshold off for good, leaving it at 128 KiB: every
+    # mid-size block would then be mmapped and page-faulted in afresh. Use the values the dynamic
+    # threshold settles at after large frees: mmap above 32 MiB, trim above 64 MiB.
+    libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_MMAP_THRESHOLD_MAX)
     libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
     try:
         yield
     finally:
         libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TUNED_TRIM_THRESHOLD)
 
 
 def inference_chunk(device: torch.device) -> int:

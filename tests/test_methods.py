@@ -174,3 +174,30 @@ print(inside, returned_on_free())
     inside, tuned = map(int, out.stdout.split())
     assert inside > 300 * 2**20, out.stdout  # mmap'd: unmapped on free
     assert tuned < 100 * 2**20, out.stdout  # tuned heap: kept for reuse
+
+
+def test_glibc_defaults_keeps_mid_size_blocks_in_the_heap():
+    """Any mallopt switches glibc's dynamic mmap threshold off, leaving it at 128 KiB, so inside
+    ``glibc_defaults`` every activation-sized block was mmapped and faulted in afresh (MTT
+    ~25% slower). The settled dynamic values (mmap above 32 MiB) keep an 8 MB block in the heap."""
+    import subprocess
+    import sys
+
+    import ddbench.allocator as alloc
+
+    if not alloc.tune_allocator():
+        pytest.skip("glibc malloc tuning is not available on this platform")
+    script = """
+import torch
+import ddbench.allocator as alloc
+from ddbench.cost import _rss_bytes
+
+assert alloc.tune_allocator()
+with alloc.glibc_defaults():
+    x = torch.ones(2_000_000)  # 8 MB, touched
+    during = _rss_bytes()
+    del x
+    print(during - _rss_bytes())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) < 4 * 2**20, out.stdout  # kept in the heap, not unmapped
