@@ -171,13 +171,18 @@ class RankTest:
     p_perm: float = math.nan
 
 
+def _cell_ranks(x: np.ndarray) -> np.ndarray:
+    """Each cell's (row's) ranks of the methods, 1 = highest value, ties at mid-ranks."""
+    return np.apply_along_axis(lambda row: stats.rankdata(-row), 1, x)
+
+
 def rank_test(matrix, methods: list[str], alpha: float = ALPHA) -> RankTest:
     """Average ranks, Friedman chi2 and Iman-Davenport F, the Nemenyi critical difference
     q_alpha * sqrt(k (k + 1) / (6 N)) and the Nemenyi pairwise p-values.
     ``matrix`` is blocks x methods, higher is better."""
     x = np.asarray(matrix, dtype=float)
     n, k = x.shape
-    ranks = np.apply_along_axis(lambda row: stats.rankdata(-row), 1, x).mean(axis=0)
+    ranks = _cell_ranks(x).mean(axis=0)
     nan = math.nan
     result = RankTest(list(methods), n, [float(r) for r in ranks], nan, nan, nan, nan, nan,
                       np.full((k, k), nan))
@@ -215,7 +220,7 @@ def friedman_permutation_p(matrix, n_perm: int = N_PERM, seed: int = 0) -> float
     infinite, while this p-value is the honest 1/k!."""
     x = np.asarray(matrix, dtype=float)
     n, k = x.shape
-    ranks = np.apply_along_axis(lambda row: stats.rankdata(-row), 1, x)
+    ranks = _cell_ranks(x)
     observed = float(np.sum(ranks.mean(axis=0) ** 2))
     tol = 1e-9 * max(1.0, observed)
     if math.factorial(k) ** n <= n_perm:  # exact: every combination of per-cell orderings
