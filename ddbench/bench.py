@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddbench import compiling
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -167,6 +169,7 @@ def measure_experts(data, epochs: int, device: torch.device, flops: bool = True)
     """Seconds per epoch of expert training with the reference settings (``buffer.py``), and
     (``flops``) the FLOPs of one more epoch."""
     from ddbench.augment import resolve_strategy
+    from ddbench.compiling import first_order
     from ddbench.distillers.mtt import MTT
     from ddbench.protocol import train_epoch
     from ddbench.registry import load_registry
@@ -180,8 +183,9 @@ def measure_experts(data, epochs: int, device: torch.device, flops: bool = True)
     strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
     clock = _CountLast(epochs, flops)
     try:
+        fast = first_order(net, device, data.image_size)  # as ExpertBuffer.build
         for epoch in range(epochs + int(flops)):
-            train_epoch(net, opt, x, y, p.expert_batch, strategy, gen)
+            train_epoch(fast, opt, x, y, p.expert_batch, strategy, gen)
             clock(epoch + 1)
     finally:
         times, flops = clock.done()
@@ -230,7 +234,7 @@ def run_one(name: str, data_spec: str, root: str, iterations: int, device: str, 
             "seconds": seconds, "seconds_all": times, "flops": flops,
             "gflops_per_s": None if flops is None else flops / seconds / 1e9,
             "peak_mb": _peak_mb(dev), "ref_seconds": setting.ref_seconds, "ref_mem_gb": setting.ref_mem_gb,
-            "malloc_tuned": tuned}
+            "malloc_tuned": tuned, "compile": compiling.mode()}
 
 
 def run_all(names: list[str], data_spec: str, root: str, iterations: int, device: str,
@@ -255,7 +259,7 @@ def run_all(names: list[str], data_spec: str, root: str, iterations: int, device
 def environment(device: str) -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "device": device,
             "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "compile": compiling.mode()}
 
 
 def measure_gemm(device: str) -> float | None:

@@ -33,6 +33,21 @@ PRESET_OPTION = click.option(
 DATA_ROOT_OPTION = click.option("--data-root", default=None, help="Data folder [default: $DDBENCH_DATA or datasets/].")
 DOWNLOAD_OPTION = click.option("--download", is_flag=True, help="Download missing datasets into the data root.")
 DEVICE_OPTION = click.option("--device", default=D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+
+
+def _set_compile(ctx, param, value):
+    if value is not None:
+        from ddbench.compiling import set_mode
+
+        set_mode(value)
+    return value
+
+
+COMPILE_OPTION = click.option(
+    "--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default=None, expose_value=False,
+    callback=_set_compile,
+    help="torch.compile the networks' first-order passes: auto = on for CPU and images of at least "
+         "28x28 with a C++ compiler present [default: $DDBENCH_COMPILE or auto].")
 CONDITIONS_OPTION = click.option(
     "--conditions", default=",".join(D.conditions), show_default=True,
     help="Comma list of data conditions: clean, zca (MTT's ZCA whitening), noise:RATE, "
@@ -66,6 +81,7 @@ def cli():
 @DATA_ROOT_OPTION
 @DOWNLOAD_OPTION
 @DEVICE_OPTION
+@COMPILE_OPTION
 @click.option("--executor", default=D.executor, show_default=True,
               help="Executor plugin: local, ray (pip install 'ddbench[ray]'), slurm ('ddbench[slurm]').")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
@@ -155,6 +171,7 @@ def _dry_run(options: RunOptions, registry) -> None:
 @DATA_ROOT_OPTION
 @DOWNLOAD_OPTION
 @DEVICE_OPTION
+@COMPILE_OPTION
 @click.option("--dry-run", is_flag=True, help="Show which buffers are present and which to build.")
 def experts_cmd(methods, datasets, ipc, conditions, sets, preset, data_root, download, device, dry_run):
     """Train (or show) the expert trajectories that `ddbench run` with the same options needs.
@@ -457,6 +474,7 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
 @click.option("--iterations", type=click.IntRange(min=2), default=3, show_default=True,
               help="Iterations (epochs for experts) per setting; the first is a warm-up.")
 @click.option("--device", default="cpu", show_default=True)
+@COMPILE_OPTION
 @click.option("--flops/--no-flops", default=True, show_default=True,
               help="Count the FLOPs of one extra, untimed iteration per setting (GFLOP/s columns).")
 @click.option("--json", "json_out", default="bench.json", show_default=True, type=click.Path(dir_okay=False),

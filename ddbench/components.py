@@ -161,6 +161,13 @@ class DistillContext:
         g.manual_seed((self.seed * 1_000_003 + salt) % (2**63))
         return g
 
+    def first_order(self, net: nn.Module):
+        """``net`` for passes differentiated at most once, compiled where this process
+        compiles (``ddbench.compiling``); share its parameters, never ``create_graph`` on it."""
+        from ddbench.compiling import first_order
+
+        return first_order(net, self.device, self.data.image_size)
+
     def image_optimizer(self, images: torch.Tensor, lr: float, momentum: float) -> torch.optim.SGD:
         """SGD on the synthetic images (objectives train their own parameters themselves)."""
         return torch.optim.SGD([images], lr=lr, momentum=momentum)

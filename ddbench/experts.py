@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ddbench.compiling import first_order
 from ddbench.data.bundle import DataBundle
 from ddbench.data.cache import cache_dir, temp_name
 from ddbench.protocol import train_epoch
@@ -114,8 +115,9 @@ class ExpertBuffer:
             opt = torch.optim.SGD(net.parameters(), lr=r.lr, momentum=r.momentum,
                                   weight_decay=r.weight_decay)
             rows = [flat_params(net)]
+            fast = first_order(net, device, data.image_size)
             for _ in range(r.epochs):
-                loss = train_epoch(net, opt, x, y, r.batch, r.dsa_strategy if r.dsa else None, gen)
+                loss = train_epoch(fast, opt, x, y, r.batch, r.dsa_strategy if r.dsa else None, gen)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"expert {i} diverged (loss {float(loss)}); lower the expert lr")
                 rows.append(flat_params(net))

@@ -29,6 +29,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from ddbench.allocator import inference_chunk
 from ddbench.augment import diff_augment, resolve_strategy
+from ddbench.compiling import first_order
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
 
@@ -102,8 +103,9 @@ def evaluate(
     net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay)
     decay_at = epochs // 2 + 1
+    fast = first_order(net, device, data.image_size)
     for ep in range(epochs + 1):
-        loss = train_epoch(net, opt, x, y, p.batch, strategy if p.dsa else None, gen)
+        loss = train_epoch(fast, opt, x, y, p.batch, strategy if p.dsa else None, gen)
         if ep == decay_at:
             lr *= 0.1
             opt = torch.optim.SGD(
@@ -112,7 +114,7 @@ def evaluate(
         progress(ep + 1, epochs + 1)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"evaluation training loss is {float(loss)}")
-    return test_accuracy(net, data, device)
+    return test_accuracy(fast, data, device)
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ddbench import __version__, artifacts
+from ddbench import __version__, artifacts, compiling
 from ddbench import plan as planmod
 from ddbench.allocator import tune_allocator
 from ddbench.components import DistillContext, SyntheticSet, WorkerLost
@@ -97,6 +97,7 @@ def versions() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
+        "compile": compiling.mode(),  # an execution setting (ddbench.compiling), not in any key
     }
 
 

@@ -30,6 +30,9 @@ def _isolate(monkeypatch, tmp_path):
     """No installed third-party plugins; data root and cwd inside tmp."""
     monkeypatch.setenv("DDBENCH_PLUGINS", os.environ.get("DDBENCH_TEST_PLUGINS", ""))
     monkeypatch.delenv("DDBENCH_DATA", raising=False)
+    # eager unless a test asks (tests/test_compiling.py): compiling changes float rounding only,
+    # and its one-off cost would dominate these tiny runs
+    monkeypatch.setenv("DDBENCH_COMPILE", "off")
     monkeypatch.chdir(tmp_path)
 
 

@@ -72,7 +72,7 @@ class DM(Distiller):
                 gen.set_state(state)  # the real batch gets the same transform per class
                 real = diff_augment(real, strategy, groups=real_y, generator=gen, num_groups=C)
             with autocast(device, p.amp):
-                loss = self.base_loss(net, syn, labels, real, real_y, C)
+                loss = self.base_loss(ctx.first_order(net), syn, labels, real, real_y, C)
                 if ctx.objectives:
                     loss = loss + ctx.objectives_loss(
                         StepContext(net.features, syn, labels, real, real_y, it, C)

@@ -81,11 +81,13 @@ def siamese_augment(real, syn, strategy: str, gen: torch.Generator):
     return real, syn
 
 
-def class_loss(net, params, real, syn, c: int, syn_y, metric: str) -> torch.Tensor:
+def class_loss(net, params, real, syn, c: int, syn_y, metric: str, fast=None) -> torch.Tensor:
     """One class's term: the distance of the synthetic images' gradient (kept differentiable)
-    to the real batch's (detached)."""
+    to the real batch's (detached). ``fast``: ``net`` for the real side's first-order pass
+    (``DistillContext.first_order``); the synthetic side is differentiated twice, so eager."""
     y_real = torch.full((len(real),), c, device=real.device, dtype=torch.long)
-    gw_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), y_real), params)]
+    out_real = (fast or net)(real)
+    gw_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(out_real, y_real), params)]
     gw_syn = torch.autograd.grad(F.cross_entropy(net(syn), syn_y), params, create_graph=True)
     return match_loss(gw_syn, gw_real, metric)
 
@@ -147,6 +149,7 @@ class DC(Distiller):
         for it in range(p.iterations):
             net = ctx.build_model(p.model).to(device)
             net.train()
+            fast = ctx.first_order(net)
             params = [q for q in net.parameters() if q.requires_grad]
             opt_net = torch.optim.SGD(params, lr=p.lr_net)
             bns = _batchnorms(net)
@@ -154,7 +157,7 @@ class DC(Distiller):
                 if bns:
                     _freeze_bn_statistics(net, bns, data, gen, device)
                 with autocast(device, p.amp):
-                    loss = self.matching_loss(net, params, data, images, labels, strategy, gen)
+                    loss = self.matching_loss(net, params, data, images, labels, strategy, gen, fast)
                     if ctx.objectives:
                         real_x, real_y = ctx.objective_batch(p.batch_real)
                         loss = loss + ctx.objectives_loss(StepContext(
@@ -167,12 +170,12 @@ class DC(Distiller):
                     break
                 with autocast(device, p.amp):
                     for _ in range(inner):  # the reference's epoch('train'), which unfreezes BN
-                        train_epoch(net, opt_net, images.detach(), labels, p.batch_train,
+                        train_epoch(fast, opt_net, images.detach(), labels, p.batch_train,
                                     strategy if p.dsa else None, gen)
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
 
-    def matching_loss(self, net, params, data, images, labels, strategy: str, gen) -> torch.Tensor:
+    def matching_loss(self, net, params, data, images, labels, strategy: str, gen, fast=None) -> torch.Tensor:
         """Sum over classes of ``class_loss``, drawing as the reference: per class, the real
         batch, then (``dsa``) one Siamese transform."""
         p, loss = self.params, images.new_zeros(())
@@ -182,7 +185,7 @@ class DC(Distiller):
             syn = images[idx]
             if p.dsa:
                 real, syn = siamese_augment(real, syn, strategy, gen)
-            loss = loss + class_loss(net, params, real, syn, c, labels[idx], p.dis_metric)
+            loss = loss + class_loss(net, params, real, syn, c, labels[idx], p.dis_metric, fast)
         return loss
 
 
