@@ -1,4 +1,4 @@
-"""DC, DSA and DM seconds per iteration (and expert training per epoch): the public reference
+"""DC, DSA, DM and MTT seconds per iteration (and expert training per epoch): the public reference
 code against ddbench, side by side.
 
 The issue's reference figures were measured on some other machine; this script measures both
@@ -17,7 +17,11 @@ an MTT expert as ``buffer.py`` runs it (the reference ``epoch('train', ..., aug=
 shuffled ``DataLoader`` of batch 256 with DSA, SGD lr 0.01 without momentum or weight decay;
 the DC repository's ``epoch``, which MTT's copies but for its ZCA/texture options) against
 ``ddbench.bench.measure_experts``; the per-epoch test pass of ``buffer.py`` is left out on
-both sides. Reported: per side, the median over
+both sides. ``mtt-ssN`` runs an iteration of MTT's ``distill.py`` at CIFAR-10 IPC 10
+with ``syn_steps`` N (its ``ReparamModule`` from ``--reference-mtt``, a checkout of
+github.com/GeorgeCazenavette/mtt-distillation; ``get_network`` and ``DiffAugment`` from the DC
+checkout, of which MTT's ``utils.py`` is a copy) against ``ddbench bench``'s ``mtt-ssN``; the
+expert end points are stand-ins on both sides. Reported: per side, the median over
 repetitions of each worker's median seconds per outer iteration (after one warm-up
 iteration), its peak RSS, and the ratio ddbench / reference. Much of ddbench's lead on CPU
 is its malloc tuning (``ddbench.allocator``); ``--tune-reference`` gives the reference side the
@@ -27,7 +31,8 @@ same tuning, so the rest of the difference shows on its own.
 for a quick look; both sides then run the same reduced schedule.
 
     python benchmarks/reference_side_by_side.py --reference ~/src/DatasetCondensation \\
-        --settings dc-ipc1,dm-ipc10,dc-ipc10,dsa-ipc10,experts --iterations 3 --repeats 2 --threads 2
+        --reference-mtt ~/src/mtt-distillation \\
+        --settings dc-ipc1,dm-ipc10,dc-ipc10,dsa-ipc10,experts,mtt-ss30 --iterations 3 --repeats 2 --threads 2
 """
 
 from __future__ import annotations
@@ -49,12 +54,13 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # the reference README's, 
 
 
 def parse_setting(text: str) -> tuple[str, int]:
+    """``(method, ipc)``; for ``mtt-ssN`` ``("mtt", N)`` (syn_steps N at IPC 10)."""
     if text == "experts":
         return "experts", 0
-    method, sep, ipc = text.partition("-ipc")
-    if method not in ("dc", "dsa", "dm") or not sep or not ipc.isdigit():
-        raise SystemExit(f"bad setting {text!r}: expected dc-ipcN, dsa-ipcN, dm-ipcN or experts")
-    return method, int(ipc)
+    method, sep, n = text.partition("-ss" if text.startswith("mtt") else "-ipc")
+    if method not in ("dc", "dsa", "dm", "mtt") or not sep or not n.isdigit():
+        raise SystemExit(f"bad setting {text!r}: expected dc-ipcN, dsa-ipcN, dm-ipcN, mtt-ssN or experts")
+    return method, int(n)
 
 
 # --- the reference side -------------------------------------------------------------------
@@ -71,6 +77,8 @@ def reference_run(utils, method: str, ipc: int, iterations: int, outer: int, inn
 
     if method == "experts":
         return _reference_experts(utils, iterations, images_all, labels_all)
+    if method == "mtt":
+        return _reference_mtt(utils, ipc, iterations)
     dsa = method in ("dsa", "dm")
     args = SimpleNamespace(device="cpu", dis_metric="ours", dsa=dsa, dsa_param=utils.ParamDiffAug(),
                            dsa_strategy=DSA_STRATEGY if dsa else "None", batch_real=256, batch_train=256,
@@ -100,6 +108,52 @@ def _reference_experts(utils, epochs: int, images_all, labels_all) -> list[float
     stamps = [time.perf_counter()]
     for _ in range(epochs):
         utils.epoch("train", loader, net, optimizer, criterion, args, aug=True)
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in pairwise(stamps)]
+
+
+def _reference_mtt(utils, syn_steps: int, iterations: int, ipc: int = 10) -> list[float]:
+    """distill.py's iteration (CIFAR-10 IPC 10, batch_syn None = all 100 images, DSA, no ZCA):
+    a ``ReparamModule`` student unrolled ``syn_steps`` steps with ``create_graph``, the
+    normalised parameter-matching loss, one backward through the whole unroll. The expert end
+    points are stand-ins (a fresh network's parameters and a perturbation), as on the ddbench
+    side; reading a buffer file is not timed on either."""
+    from reparam_module import ReparamModule  # the MTT repository's
+
+    args = SimpleNamespace(dsa_param=utils.ParamDiffAug(), dsa_strategy=DSA_STRATEGY, batch_syn=10 * ipc)
+    image_syn = torch.randn(10 * ipc, 3, 32, 32, requires_grad=True)
+    label_syn = torch.arange(10).repeat_interleave(ipc)
+    syn_lr = torch.tensor(0.01).requires_grad_(True)
+    optimizer_img = torch.optim.SGD([image_syn], lr=1000, momentum=0.5)
+    optimizer_lr = torch.optim.SGD([syn_lr], lr=1e-05, momentum=0.5)
+    criterion = torch.nn.CrossEntropyLoss()
+    expert = torch.cat([p.detach().reshape(-1) for p in utils.get_network("ConvNet", 3, 10, (32, 32)).parameters()])
+    stamps = [time.perf_counter()]
+    for _ in range(iterations):
+        student_net = ReparamModule(utils.get_network("ConvNet", 3, 10, (32, 32)))
+        student_net.train()
+        num_params = sum([np.prod(p.size()) for p in (student_net.parameters())])
+        starting_params, target_params = expert.clone(), expert + 0.01 * torch.randn_like(expert)
+        student_params = [starting_params.clone().requires_grad_(True)]
+        indices_chunks = []
+        for _step in range(syn_steps):
+            if not indices_chunks:
+                indices = torch.randperm(len(image_syn))
+                indices_chunks = list(torch.split(indices, args.batch_syn))
+            these_indices = indices_chunks.pop()
+            x = utils.DiffAugment(image_syn[these_indices], args.dsa_strategy, param=args.dsa_param)
+            ce_loss = criterion(student_net(x, flat_param=student_params[-1]), label_syn[these_indices])
+            grad = torch.autograd.grad(ce_loss, student_params[-1], create_graph=True)[0]
+            student_params.append(student_params[-1] - syn_lr * grad)
+        param_loss = torch.nn.functional.mse_loss(student_params[-1], target_params, reduction="sum")
+        param_dist = torch.nn.functional.mse_loss(starting_params, target_params, reduction="sum")
+        grand_loss = (param_loss / num_params) / (param_dist / num_params)
+        optimizer_img.zero_grad()
+        optimizer_lr.zero_grad()
+        grand_loss.backward()
+        optimizer_img.step()
+        optimizer_lr.step()
+        del student_params
         stamps.append(time.perf_counter())
     return [b - a for a, b in pairwise(stamps)]
 
@@ -169,6 +223,10 @@ def ddbench_run(method: str, ipc: int, iterations: int, outer: int, inner: int, 
 
     if method == "experts":
         return measure_experts(data, iterations, torch.device("cpu"), flops=False)[0]
+    if method == "mtt":  # as ddbench bench's mtt-ssN: the paper preset, exact gradients by recomputation
+        times, _ = measure_distill(Setting(f"mtt-ss{ipc}", "distill", "mtt", 10, {"syn_steps": ipc}), data,
+                                   iterations, torch.device("cpu"), flops=False)
+        return times
     params = {} if method == "dm" else {"outer_loop": outer, "inner_loop": inner}
     times, _ = measure_distill(Setting(f"{method}-ipc{ipc}", "distill", method, ipc, params), data,
                                iterations, torch.device("cpu"), flops=False)
@@ -184,12 +242,16 @@ def worker(a) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     method, ipc = parse_setting(a.worker_setting)
-    outer, inner = _loops(ipc, a) if method != "experts" else (0, 0)
+    outer, inner = _loops(ipc, a) if method not in ("experts", "mtt") else (0, 0)
     data = random_bundle(train=a.train)
     if a.worker == "ddbench" or a.tune_reference:
         tune_allocator()  # as ddbench run does
     if a.worker == "reference":
         sys.path.insert(0, a.reference)
+        if method == "mtt":
+            if not a.reference_mtt:
+                raise SystemExit("mtt settings need --reference-mtt (a checkout of mtt-distillation)")
+            sys.path.insert(0, a.reference_mtt)
         import utils  # the reference repository's
 
         times = reference_run(utils, method, ipc, a.iterations, outer, inner, data.x_train, data.y_train)
@@ -212,6 +274,7 @@ def _loops(ipc: int, a) -> tuple[int, int]:
 
 def spawn(side: str, setting: str, a) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, "--worker-setting", setting, "--reference", a.reference,
+           "--reference-mtt", a.reference_mtt or "",
            "--iterations", str(a.iterations), "--train", str(a.train), "--outer", str(a.outer),
            "--inner", str(a.inner)] + (["--threads", str(a.threads)] if a.threads else []) \
         + (["--tune-reference"] if a.tune_reference else [])
@@ -224,6 +287,8 @@ def spawn(side: str, setting: str, a) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", required=True, help="checkout of VICO-UoE/DatasetCondensation")
+    ap.add_argument("--reference-mtt", default=None,
+                    help="checkout of GeorgeCazenavette/mtt-distillation (its reparam_module.py), for mtt-ssN")
     ap.add_argument("--settings", default="dc-ipc1,dm-ipc10,dc-ipc10,dsa-ipc10")
     ap.add_argument("--iterations", type=int, default=3, help="per worker; the first is a warm-up")
     ap.add_argument("--repeats", type=int, default=2, help="workers per side and setting (alternating)")
@@ -256,7 +321,7 @@ def main() -> None:
                 print(f"  {s} {side}: {rec['seconds']:.3g} s/it, peak {rec['peak_mb'] / 1024:.2f} GB", flush=True)
         ref = statistics.median(x["seconds"] for x in runs["reference"])
         ours = statistics.median(x["seconds"] for x in runs["ddbench"])
-        loops = "-" if s.startswith(("dm", "experts")) else f"{runs['ddbench'][0]['outer']}x{runs['ddbench'][0]['inner']}"
+        loops = "-" if s.startswith(("dm", "experts", "mtt")) else f"{runs['ddbench'][0]['outer']}x{runs['ddbench'][0]['inner']}"
         rows.append([s, loops, f"{ref:.3g}", f"{ours:.3g}", f"{ours / ref:.2f}",
                      f"{max(x['peak_mb'] for x in runs['reference']) / 1024:.2f}",
                      f"{max(x['peak_mb'] for x in runs['ddbench']) / 1024:.2f}"])

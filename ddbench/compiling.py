@@ -8,9 +8,10 @@ as they do between thread counts, so the setting is recorded with a result's cos
 part of its key.
 
 What is compiled: passes with at most one backward (DC/DSA's real-batch gradients and inner
-training, DM's embeddings, the evaluation and expert training). Passes differentiated twice
-(DC/DSA's synthetic gradients, MTT's unrolled student) stay eager: compiled graphs do not
-support double backward.
+training, DM's embeddings, MTT's forward unroll under ``backprop=recompute``/``tesla``, the
+evaluation and expert training). Passes differentiated twice (DC/DSA's synthetic gradients,
+MTT's replayed steps and its ``full`` unroll) stay eager: compiled graphs do not support double
+backward.
 
 Modes (``ddbench run --compile``, ``$DDBENCH_COMPILE``): ``on``, ``off``, or ``auto`` = on for
 CPU devices and images of at least ``AUTO_MIN_PIXELS`` pixels (the one-off compilation, ~10-30 s
@@ -25,10 +26,13 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from typing import Literal, get_args
 
 import torch
 from torch import nn
+
+from ddbench.errors import DDBenchError, choices_error
 
 Mode = Literal["auto", "on", "off"]
 MODES = get_args(Mode)
@@ -41,14 +45,14 @@ def mode() -> str:
     """The process's mode: ``$DDBENCH_COMPILE``, default ``auto``."""
     value = os.environ.get(ENV, "auto") or "auto"
     if value not in MODES:
-        raise ValueError(f"{ENV}={value!r} is not a compile mode; choose from {', '.join(MODES)}")
+        raise DDBenchError(f"{ENV}={value!r} is not a compile mode; valid choices: {', '.join(MODES)}")
     return value
 
 
 def set_mode(value: str) -> None:
     """Set the mode for this process and the workers it starts (they inherit the environment)."""
     if value not in MODES:
-        raise ValueError(f"unknown compile mode {value!r}; choose from {', '.join(MODES)}")
+        raise choices_error("compile mode", value, MODES)
     os.environ[ENV] = value
 
 
@@ -71,9 +75,9 @@ def _quiet_cpp_extension() -> None:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
-def first_order(net: nn.Module, device: torch.device, image_size: tuple[int, int]) -> nn.Module | FirstOrder:
-    """``net`` compiled (its ``forward``, ``embed`` and ``features``) when ``enabled``, else
-    ``net`` itself.
+def first_order(net: nn.Module | Callable, device: torch.device, image_size: tuple[int, int]):
+    """``net`` compiled (a module's ``forward``, ``embed`` and ``features``; another callable
+    as it is) when ``enabled``, else ``net`` itself.
 
     The result shares ``net``'s parameters, buffers and train/eval flags; never
     differentiate through its gradients (``create_graph``).
@@ -94,7 +98,9 @@ class FirstOrder:
         self.net = net
 
     def __call__(self, *args, **kwargs):
-        return self._run("forward", *args, **kwargs)
+        # a module's forward (its hooks-free body, as torch.compile(module) traces it); any
+        # other callable (MTT's functional student) as it is
+        return self._run("forward" if isinstance(self.net, nn.Module) else "__call__", *args, **kwargs)
 
     def embed(self, *args, **kwargs):
         return self._run("embed", *args, **kwargs)

@@ -161,9 +161,10 @@ class DistillContext:
         g.manual_seed((self.seed * 1_000_003 + salt) % (2**63))
         return g
 
-    def first_order(self, net: nn.Module):
-        """``net`` for passes differentiated at most once, compiled where this process
-        compiles (``ddbench.compiling``); share its parameters, never ``create_graph`` on it."""
+    def first_order(self, net: nn.Module | Callable):
+        """``net`` (a module or a function of tensors) for passes differentiated at most once,
+        compiled where this process compiles (``ddbench.compiling``); it shares ``net``'s
+        parameters; never ``create_graph`` through it."""
         from ddbench.compiling import first_order
 
         return first_order(net, self.device, self.data.image_size)

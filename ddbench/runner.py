@@ -417,6 +417,7 @@ class RunSummary:
 
 def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummary:
     tune_allocator()
+    compiling.mode()  # a bad $DDBENCH_COMPILE fails here, before anything is written
     check_writable(Path(options.store))  # fail before the (slow) data loading
     prepared = prepare(options, registry)
     for w in prepared.warnings:

@@ -13,6 +13,7 @@ from ddbench import compiling
 from ddbench.compiling import FirstOrder, enabled, first_order
 from ddbench.distillers.dm import matching_loss as dm_loss
 from ddbench.distillers.gradient_matching import class_loss
+from ddbench.errors import DDBenchError
 from ddbench.models.convnet import ConvNetModule
 from ddbench.protocol import train_epoch
 
@@ -37,7 +38,7 @@ def test_auto_compiles_on_cpu_for_images_of_28x28_and_up(monkeypatch):
     net = _net()
     assert not enabled(CPU, (32, 32)) and first_order(net, CPU, (32, 32)) is net
     monkeypatch.setenv(compiling.ENV, "fast")
-    with pytest.raises(ValueError, match="'fast' is not a compile mode; choose from auto, on, off"):
+    with pytest.raises(DDBenchError, match="'fast' is not a compile mode; valid choices: auto, on, off"):
         enabled(CPU, (32, 32))
 
 
@@ -110,7 +111,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_warning(monkeypatch):
     assert FirstOrder._broken
 
 
-def test_compile_option_reaches_the_workers_and_the_record(ddb, tmp_path):
+def test_compile_option_reaches_the_workers_and_the_record(ddb, tmp_path, monkeypatch):
     out = tmp_path / "b.json"
     res = ddb("bench", "--settings", "dm", "--data", "digits", "--data-root", str(tmp_path / "d"),
               "--iterations", "2", "--no-flops", "--compile", "on", "--json", str(out))
@@ -119,3 +120,37 @@ def test_compile_option_reaches_the_workers_and_the_record(ddb, tmp_path):
     assert doc["records"][0]["compile"] == "on" and doc["environment"]["compile"] == "on"
     bad = ddb("run", "--compile", "fast")
     assert bad.code == 2 and "'fast' is not one of 'auto', 'on', 'off'" in bad.err
+    monkeypatch.setenv(compiling.ENV, "fast")  # a bad environment value: one line, nothing run
+    bad = ddb("run", "--datasets", "digits", "--data-root", str(tmp_path / "d"), "--store", str(tmp_path / "s.sqlite"))
+    assert bad.code == 2 and "DDBENCH_COMPILE='fast' is not a compile mode" in bad.err
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_mtt_recompute_with_a_compiled_forward_unroll_matches_full_backpropagation(monkeypatch):
+    """The forward unroll (differentiated once) compiled, the replayed steps eager: the image and
+    lr gradients still equal full back-propagation through the whole unroll, to float32 rounding."""
+    from ddbench.distillers.mtt import Student, match_backward, trajectory_loss
+
+    monkeypatch.setenv(compiling.ENV, "on")
+    monkeypatch.setattr(FirstOrder, "_broken", False)
+
+    def grads(backprop, compiled):
+        net = _net()
+        student = Student(net)
+        if compiled:
+            student.first_order = first_order(student, CPU, (16, 16))
+            assert isinstance(student.first_order, FirstOrder)
+        start = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        target = start + 0.05 * torch.randn(start.shape, generator=torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(2)
+        images = torch.randn(8, 3, 16, 16, generator=g).requires_grad_(True)
+        labels = torch.arange(4).repeat(2)
+        lr = torch.tensor(0.1, requires_grad=True)
+        loss = match_backward(student, start.clone(), images, labels, lr, 4, 4, None, g,
+                              lambda theta: trajectory_loss(theta, start, target), backprop)
+        return loss.detach(), images.grad, lr.grad
+
+    full, compiled = grads("full", False), grads("recompute", True)
+    for a, b in zip(compiled, full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-7)
+    assert full[1].abs().sum() > 0 and not FirstOrder._broken

@@ -80,27 +80,55 @@ def epoch(mode, dataloader, net, optimizer, criterion, args, aug):
 '''
 
 
+#: MTT's ``reparam_module.py`` (the student evaluated at a flat parameter vector)
+STAND_IN_REPARAM = '''
+import torch
+from utils import _count
+
+
+class ReparamModule(torch.nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+        self.shapes = [p.shape for p in module.parameters()]
+        self.flat_param = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in module.parameters()]))
+
+    def forward(self, x, flat_param=None):
+        _count("student_step")
+        parts = flat_param.split([s.numel() for s in self.shapes])
+        params = {n: t.view(s) for n, t, s in zip(self.names, parts, self.shapes)}
+        return torch.func.functional_call(self.module, params, (x,))
+'''
+
+
 def test_side_by_side_runs_both_sides_of_every_setting(tmp_path):
-    ref = tmp_path / "reference"
+    ref, ref_mtt = tmp_path / "reference", tmp_path / "mtt"
     ref.mkdir()
+    ref_mtt.mkdir()
     (ref / "utils.py").write_text(STAND_IN)
+    (ref_mtt / "reparam_module.py").write_text(STAND_IN_REPARAM)
     calls, out = tmp_path / "calls.txt", tmp_path / "side.json"
+    settings = ("dm-ipc1", "dc-ipc1", "experts", "mtt-ss2")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--reference", str(ref), "--settings", "dm-ipc1,dc-ipc1,experts",
+        [sys.executable, str(SCRIPT), "--reference", str(ref), "--reference-mtt", str(ref_mtt),
+         "--settings", ",".join(settings),
          "--iterations", "2", "--repeats", "1", "--train", "200", "--threads", "1", "--output", str(out)],
         capture_output=True, text=True, env={**os.environ, "SBS_CALLS": str(calls)}, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     records = json.loads(out.read_text())["records"]
     assert sorted((r["setting"], r["side"]) for r in records) == sorted(
-        (s, side) for s in ("dm-ipc1", "dc-ipc1", "experts") for side in ("reference", "ddbench"))
+        (s, side) for s in settings for side in ("reference", "ddbench"))
     for r in records:
         assert len(r["seconds_all"]) == 2 and r["seconds"] > 0 and r["peak_mb"] > 50
     counted = calls.read_text().split()
     # dm: a network per iteration; dc-ipc1 (1 x 1 loops): a network and 10 class matches per
-    # iteration, no inner training; experts: one network, an epoch per iteration
+    # iteration, no inner training; experts: one network, an epoch per iteration; mtt: the
+    # expert stand-in's network, then per iteration a student unrolled 2 steps
     assert counted.count("match_loss") == 2 * 10
-    assert counted.count("get_network") == 2 + 2 + 1
+    assert counted.count("get_network") == 2 + 2 + 1 + (1 + 2)
     assert counted.count("epoch") == 2
+    assert counted.count("student_step") == 2 * 2
     assert "ddbench / reference" in done.stdout and "experts" in done.stdout
 
 

@@ -56,6 +56,9 @@ class Student:
 
     def __init__(self, net: torch.nn.Module):
         self.net = net
+        #: the same function for steps differentiated once (the recompute forward), compiled
+        #: where the process compiles (``DistillContext.first_order``)
+        self.first_order = self
         self.names = [n for n, _ in net.named_parameters()]
         self.shapes = [p.shape for _, p in net.named_parameters()]
         self.sizes = [p.numel() for _, p in net.named_parameters()]
@@ -96,7 +99,7 @@ def _step_grad(student: Student, theta: torch.Tensor, images: torch.Tensor, labe
     x = images[idx]
     if strategy is not None:
         x = diff_augment(x, strategy, generator=gen)
-    ce = F.cross_entropy(student(theta, x), labels[idx])
+    ce = F.cross_entropy((student if create_graph else student.first_order)(theta, x), labels[idx])
     (grad,) = torch.autograd.grad(ce, theta, create_graph=create_graph)
     return grad
 
@@ -261,6 +264,7 @@ class MTT(Distiller):
         opt_img = ctx.image_optimizer(images, p.lr_img, p.momentum)
         opt_lr = torch.optim.SGD([syn_lr], lr=p.lr_lr, momentum=p.momentum)
         student = Student(ctx.build_model(p.model).to(device))
+        student.first_order = ctx.first_order(student)
         batch_syn = p.batch_syn or len(images)
         order: list[int] = []
         last_loss = None
