@@ -94,7 +94,7 @@ class FirstOrder:
 
     _broken = False
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module | Callable):
         self.net = net
 
     def __call__(self, *args, **kwargs):
@@ -120,6 +120,7 @@ class FirstOrder:
             return torch.compile(eager)(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: run eager instead
             FirstOrder._broken = True
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {first_line}); "
                           f"running eager (set {ENV}=off to skip the attempt)", RuntimeWarning, stacklevel=3)
             return eager(*args, **kwargs)

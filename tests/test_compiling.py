@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import TINY, rows
 
 from ddbench import compiling
 from ddbench.compiling import FirstOrder, enabled, first_order
@@ -118,6 +119,11 @@ def test_compile_option_reaches_the_workers_and_the_record(ddb, tmp_path, monkey
     assert res.code == 0, res.err
     doc = json.loads(out.read_text())
     assert doc["records"][0]["compile"] == "on" and doc["environment"]["compile"] == "on"
+    store = tmp_path / "r.sqlite"  # a run records the mode with its results (not in their key)
+    res = ddb("run", "--methods", "dm", "--datasets", "digits", "--ipc", "1", "--seeds", "0", "--compile", "off",
+              "--data-root", str(tmp_path / "d"), "--store", str(store), *TINY)
+    assert res.code == 0, res.err
+    assert [json.loads(r["versions"])["compile"] for r in rows(store)] == ["off"]
     bad = ddb("run", "--compile", "fast")
     assert bad.code == 2 and "'fast' is not one of 'auto', 'on', 'off'" in bad.err
     monkeypatch.setenv(compiling.ENV, "fast")  # a bad environment value: one line, nothing run
