@@ -63,11 +63,24 @@ def parse_setting(text: str) -> tuple[str, int]:
     return method, int(n)
 
 
+def _durations(step, n: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``step()``."""
+    stamps = [time.perf_counter()]
+    for _ in range(n):
+        step()
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in pairwise(stamps)]
+
+
 # --- the reference side -------------------------------------------------------------------
 
 def reference_run(utils, method: str, ipc: int, iterations: int, outer: int, inner: int,
                   images_all, labels_all) -> list[float]:
     """``iterations`` outer iterations of the reference loop; their durations."""
+    if method == "experts":
+        return _reference_experts(utils, iterations, images_all, labels_all)
+    if method == "mtt":
+        return _reference_mtt(utils, ipc, iterations)
     num_classes, channel, im_size = 10, 3, (32, 32)
     indices_class = [torch.nonzero(labels_all == c).flatten().tolist() for c in range(num_classes)]
 
@@ -75,10 +88,6 @@ def reference_run(utils, method: str, ipc: int, iterations: int, outer: int, inn
         idx_shuffle = np.random.permutation(indices_class[c])[:n]
         return images_all[idx_shuffle]
 
-    if method == "experts":
-        return _reference_experts(utils, iterations, images_all, labels_all)
-    if method == "mtt":
-        return _reference_mtt(utils, ipc, iterations)
     dsa = method in ("dsa", "dm")
     args = SimpleNamespace(device="cpu", dis_metric="ours", dsa=dsa, dsa_param=utils.ParamDiffAug(),
                            dsa_strategy=DSA_STRATEGY if dsa else "None", batch_real=256, batch_train=256,
@@ -89,11 +98,8 @@ def reference_run(utils, method: str, ipc: int, iterations: int, outer: int, inn
     optimizer_img = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
     criterion = torch.nn.CrossEntropyLoss()
     step = _dm_iteration if method == "dm" else _dc_iteration
-    stamps = [time.perf_counter()]
-    for _ in range(iterations):
-        step(utils, args, image_syn, label_syn, optimizer_img, criterion, get_images, num_classes, channel, im_size)
-        stamps.append(time.perf_counter())
-    return [b - a for a, b in pairwise(stamps)]
+    return _durations(lambda: step(utils, args, image_syn, label_syn, optimizer_img, criterion, get_images,
+                                   num_classes, channel, im_size), iterations)
 
 
 def _reference_experts(utils, epochs: int, images_all, labels_all) -> list[float]:
@@ -105,11 +111,7 @@ def _reference_experts(utils, epochs: int, images_all, labels_all) -> list[float
     dst = utils.TensorDataset(images_all, labels_all)
     loader = torch.utils.data.DataLoader(dst, batch_size=256, shuffle=True, num_workers=0)
     criterion = torch.nn.CrossEntropyLoss()
-    stamps = [time.perf_counter()]
-    for _ in range(epochs):
-        utils.epoch("train", loader, net, optimizer, criterion, args, aug=True)
-        stamps.append(time.perf_counter())
-    return [b - a for a, b in pairwise(stamps)]
+    return _durations(lambda: utils.epoch("train", loader, net, optimizer, criterion, args, aug=True), epochs)
 
 
 def _reference_mtt(utils, syn_steps: int, iterations: int, ipc: int = 10) -> list[float]:
@@ -128,8 +130,8 @@ def _reference_mtt(utils, syn_steps: int, iterations: int, ipc: int = 10) -> lis
     optimizer_lr = torch.optim.SGD([syn_lr], lr=1e-05, momentum=0.5)
     criterion = torch.nn.CrossEntropyLoss()
     expert = torch.cat([p.detach().reshape(-1) for p in utils.get_network("ConvNet", 3, 10, (32, 32)).parameters()])
-    stamps = [time.perf_counter()]
-    for _ in range(iterations):
+
+    def iteration():  # distill.py's loop body
         student_net = ReparamModule(utils.get_network("ConvNet", 3, 10, (32, 32)))
         student_net.train()
         num_params = sum([np.prod(p.size()) for p in (student_net.parameters())])
@@ -153,9 +155,8 @@ def _reference_mtt(utils, syn_steps: int, iterations: int, ipc: int = 10) -> lis
         grand_loss.backward()
         optimizer_img.step()
         optimizer_lr.step()
-        del student_params
-        stamps.append(time.perf_counter())
-    return [b - a for a, b in pairwise(stamps)]
+
+    return _durations(iteration, iterations)
 
 
 def _dc_iteration(utils, args, image_syn, label_syn, optimizer_img, criterion, get_images, num_classes,
@@ -321,7 +322,7 @@ def main() -> None:
                 print(f"  {s} {side}: {rec['seconds']:.3g} s/it, peak {rec['peak_mb'] / 1024:.2f} GB", flush=True)
         ref = statistics.median(x["seconds"] for x in runs["reference"])
         ours = statistics.median(x["seconds"] for x in runs["ddbench"])
-        loops = "-" if s.startswith(("dm", "experts", "mtt")) else f"{runs['ddbench'][0]['outer']}x{runs['ddbench'][0]['inner']}"
+        loops = f"{runs['ddbench'][0]['outer']}x{runs['ddbench'][0]['inner']}" if parse_setting(s)[0] in ("dc", "dsa") else "-"
         rows.append([s, loops, f"{ref:.3g}", f"{ours:.3g}", f"{ours / ref:.2f}",
                      f"{max(x['peak_mb'] for x in runs['reference']) / 1024:.2f}",
                      f"{max(x['peak_mb'] for x in runs['ddbench']) / 1024:.2f}"])

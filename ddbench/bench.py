@@ -169,7 +169,6 @@ def measure_experts(data, epochs: int, device: torch.device, flops: bool = True)
     """Seconds per epoch of expert training with the reference settings (``buffer.py``), and
     (``flops``) the FLOPs of one more epoch."""
     from ddbench.augment import resolve_strategy
-    from ddbench.compiling import first_order
     from ddbench.distillers.mtt import MTT
     from ddbench.protocol import train_epoch
     from ddbench.registry import load_registry
@@ -183,7 +182,7 @@ def measure_experts(data, epochs: int, device: torch.device, flops: bool = True)
     strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
     clock = _CountLast(epochs, flops)
     try:
-        fast = first_order(net, device, data.image_size)  # as ExpertBuffer.build
+        fast = compiling.first_order(net, device, data.image_size)  # as ExpertBuffer.build
         for epoch in range(epochs + int(flops)):
             train_epoch(fast, opt, x, y, p.expert_batch, strategy, gen)
             clock(epoch + 1)

@@ -22,6 +22,7 @@ here). A compilation that fails falls back to eager with one warning.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -65,10 +66,12 @@ def enabled(device: torch.device, image_size: tuple[int, int]) -> bool:
     return device.type == "cpu" and big and _have_cxx()
 
 
+@functools.cache
 def _have_cxx() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
+@functools.cache
 def _quiet_cpp_extension() -> None:
     """Inductor imports ``torch.utils.cpp_extension``, which logs a warning about CUDA_HOME on
     machines without CUDA; it concerns CUDA extensions, not the CPU code compiled here."""
@@ -96,6 +99,7 @@ class FirstOrder:
 
     def __init__(self, net: nn.Module | Callable):
         self.net = net
+        self._compiled: dict[str, Callable] = {}  # method -> its torch.compile wrapper
 
     def __call__(self, *args, **kwargs):
         # a module's forward (its hooks-free body, as torch.compile(module) traces it); any
@@ -116,8 +120,10 @@ class FirstOrder:
         if FirstOrder._broken:
             return eager(*args, **kwargs)
         try:
-            _quiet_cpp_extension()
-            return torch.compile(eager)(*args, **kwargs)
+            if method not in self._compiled:
+                _quiet_cpp_extension()
+                self._compiled[method] = torch.compile(eager)
+            return self._compiled[method](*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: run eager instead
             FirstOrder._broken = True
             first_line = (str(exc).splitlines() or [""])[0][:200]
