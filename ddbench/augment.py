@@ -30,17 +30,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddbench.errors import choices_error
+from ddbench.errors import DDBenchError, choices_error
+from ddbench.params import Check
 
 __all__ = [
     "DEFAULT_STRATEGY",
     "DSA_OPS",
     "DSAParams",
+    "Strategy",
     "diff_augment",
     "parse_strategy",
     "siamese_groups",
@@ -78,6 +81,23 @@ def parse_strategy(strategy: str | None) -> list[str]:
         if op not in DSA_OPS:
             raise choices_error("DSA op", op, DSA_OPS)
     return ops
+
+
+def valid_strategy(strategy: str) -> bool:
+    """Whether a ``dsa_strategy`` parameter is usable: ``"auto"`` or a strategy string."""
+    if strategy == "auto":
+        return True
+    try:
+        parse_strategy(strategy)
+    except DDBenchError:
+        return False
+    return True
+
+
+#: the type of a ``dsa_strategy`` parameter, checked at planning ("auto" = the dataset's default)
+Strategy = Annotated[
+    str, Check(valid_strategy, "auto, none or ops joined by '_' from " + ", ".join(DSA_OPS))
+]
 
 
 def siamese_groups(counts: Sequence[int], device: torch.device | str | None = None) -> Tensor:

@@ -29,7 +29,7 @@ from ddbench.errors import DDBenchError
 
 FORMAT = "ddbench-baseline/1"
 CSV_COLUMNS = ("method", "dataset", "conditions", "ipc", "model", "mean", "std", "n", "labels",
-               "source", "verified", "note")
+               "protocol", "source", "verified", "note")
 CSV_META = ("tolerance_pp", "name", "description")  # '# key: value' comment lines read as metadata
 REQUIRED_CSV = ("method", "dataset", "ipc", "model", "mean")
 LABELS = ("hard", "soft")
@@ -61,6 +61,8 @@ class BaselineCell:
     unit: str = ""
     values: dict = field(default_factory=dict)  # unit id -> percent (own baselines)
     labels: str = "hard"
+    #: the evaluation protocol's name behind a published number (``dc-eval``); "" = any
+    protocol: str = ""
     source: str = ""
     verified: bool = True
     note: str = ""
@@ -175,7 +177,8 @@ def _load_csv(path: Path, text: str) -> Baseline:
         _add(path, where, cells, BaselineCell(
             _key(path, where, row), _number(path, where, "mean", row.get("mean"), required=True),
             math.nan if std is None else std, _number(path, where, "n", row.get("n"), integer=True),
-            labels=labels, source=(row.get("source") or "").strip(), verified=verified == "yes",
+            labels=labels, protocol=(row.get("protocol") or "").strip(),
+            source=(row.get("source") or "").strip(), verified=verified == "yes",
             note=(row.get("note") or "").strip()))
     if not cells:
         raise _bad(path, "body", "no rows")

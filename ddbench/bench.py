@@ -170,7 +170,7 @@ def measure_experts(data, epochs: int, device: torch.device, flops: bool = True)
     (``flops``) the FLOPs of one more epoch."""
     from ddbench.augment import resolve_strategy
     from ddbench.distillers.mtt import MTT
-    from ddbench.protocol import train_epoch
+    from ddbench.protocol import dsa, train_epoch
     from ddbench.registry import load_registry
 
     p = MTT.Params()
@@ -184,7 +184,7 @@ def measure_experts(data, epochs: int, device: torch.device, flops: bool = True)
     try:
         fast = compiling.first_order(net, device, data.image_size)  # as ExpertBuffer.build
         for epoch in range(epochs + int(flops)):
-            train_epoch(fast, opt, x, y, p.expert_batch, strategy, gen)
+            train_epoch(fast, opt, x, y, p.expert_batch, dsa(strategy), gen)
             clock(epoch + 1)
     finally:
         times, flops = clock.done()

@@ -10,7 +10,6 @@ Cells on one side only are listed; ``strict`` makes them (and untestable cells) 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ from tabulate import tabulate
 from ddbench import stats
 from ddbench.baselines import Baseline, BaselineCell, Key, now_iso
 from ddbench.errors import DDBenchError
+from ddbench.records import ResultRow, RunRow
 from ddbench.results import EVAL, Filters, Sample, Table
 
 OK, NOISE, REGRESSION, UNVERIFIED, UNTESTED = "ok", "within noise", "REGRESSION", "below (unverified)", "untested"
@@ -64,7 +64,8 @@ def unit_id(u) -> str:
 def samples(tables: list[Table], baseline: Baseline) -> dict[Key, tuple[Sample, Table]]:
     """Our sample per baseline key, from the tables the baseline may be compared with: those
     of its protocol hash when it records one (any environment: catching a change across
-    library versions is the point), else all. A key in two such tables is ambiguous."""
+    library versions is the point), else all; for a published cell that names its protocol,
+    only tables of that protocol. A key in two such tables is ambiguous."""
     want = baseline.protocol_hash
     eligible = [t for t in tables if want is None or t.protocol_hash == want]
     if want and tables and not eligible:
@@ -78,6 +79,9 @@ def samples(tables: list[Table], baseline: Baseline) -> dict[Key, tuple[Sample, 
                 if not sample.values:
                     continue
                 key = Key(cell.dataset, cell.conditions, cell.ipc, cell.model, method)
+                base = baseline.cells.get(key)
+                if base is not None and base.protocol and t.protocol.split("/")[0] != base.protocol:
+                    continue  # a published number is compared with results of its protocol only
                 if key in out:
                     other = out[key][1]
                     raise DDBenchError(f"{key.short()} has results under two protocols/environments "
@@ -204,7 +208,7 @@ def summarize_update(old: Baseline | None, selected: dict[Key, BaselineCell], ne
         differ=sum(1 for k, u in redone if round(olds[k].values[u], 3) != round(selected[k].values[u], 3)))
 
 
-def build(tables: list[Table], rows: list[dict], runs: list[dict], old: Baseline | None, path,
+def build(tables: list[Table], rows: list[ResultRow], runs: list[RunRow], old: Baseline | None, path,
           tolerance: float | None, merge: bool = False) -> tuple[Baseline, UpdateSummary]:
     """An own baseline from selected results (``check --update``): one protocol and
     environment only, every unit value kept, the producing commands and versions recorded.
@@ -228,12 +232,12 @@ def build(tables: list[Table], rows: list[dict], runs: list[dict], old: Baseline
             cells[key] = BaselineCell(key, s.mean, s.std, s.n, unit=sample.unit, values=values)
     versions = {}
     for r in rows:
-        versions.update(json.loads(r["versions"] or "{}"))
+        versions.update(r.json_field("versions"))
     meta = dict(old.meta) if old else {}
-    commands = [r["command"] for r in runs]
-    presets = {r["preset"] for r in runs if r["preset"]}
-    devices = {r["device"] for r in rows if r["device"]}
-    revs = {r["git_rev"] for r in rows if r["git_rev"]}
+    commands = [r.command for r in runs]
+    presets = {r.preset for r in runs if r.preset}
+    devices = {r.device for r in rows if r.device}
+    revs = {r.git_rev for r in rows if r.git_rev}
     selected = cells
     if merge and old:
         cells = _merged(old, t, cells)

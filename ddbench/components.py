@@ -18,6 +18,7 @@ import torch
 if TYPE_CHECKING:
     from torch import nn
 
+    from ddbench.checkpoint import Checkpointer
     from ddbench.data.bundle import DataBundle
     from ddbench.experts import ExpertBuffer, ExpertRecipe
 
@@ -129,6 +130,8 @@ class DistillContext:
     component: Callable[[str, str], Component] | None = None
     #: scalar series recorded during distillation (stored with the set): name -> [(step, value)]
     trace: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    #: this distillation's checkpoint file (``ddbench.checkpoint``); None = not resumable
+    checkpointer: Checkpointer | None = None
     _objective_gen: torch.Generator | None = field(default=None, repr=False)
 
     #: salt of the stream ``objective_batch`` draws from
@@ -137,7 +140,7 @@ class DistillContext:
     def objective_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Real images (``per_class`` of every class) for the objectives, from a stream of
         their own: attaching an objective never changes what the distiller itself draws."""
-        from ddbench.distillers.random import sample_per_class
+        from ddbench.data.sampling import sample_per_class
 
         if self._objective_gen is None:
             self._objective_gen = self.generator(self.OBJECTIVE_SALT)
@@ -183,6 +186,65 @@ class DistillContext:
                 self.record(f"{obj.name}/{key}", step.step, value)
         return total
 
+    def checkpoint(self, step: int, state: dict[str, Any]) -> bool:
+        """Call at the end of every outer iteration, ``step`` iterations done: saves ``state``
+        (tensors, optimizers, generators, modules, JSON data) with what the context owns
+        (trace, objective stream, global RNG, objectives' ``state_dict``) when a checkpoint
+        is due. Returns whether it saved."""
+        ck = self.checkpointer
+        if ck is None or not ck.due(step):
+            return False
+        ck.save(step, {"distiller": state, "context": self._own_state()})
+        return True
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Call once, after building what ``state`` holds and just before the loop: loads a
+        checkpoint into it in place (tensors copied into, optimizers, modules and generators
+        loaded, plain entries replaced in the dict) and restores what the context owns.
+        Returns the iterations already done (0 when there is no checkpoint)."""
+        ck = self.checkpointer
+        saved = ck.load() if ck is not None else None
+        if saved is None:
+            return 0
+        from ddbench.checkpoint import restore
+
+        restore(state, saved.state["distiller"], "the distiller")
+        self._restore_own(saved.state["context"])
+        return saved.step
+
+    def _own_state(self) -> dict[str, Any]:
+        own = {
+            # steps and values as tensors: exact, and compact for 20,000-iteration traces
+            "trace": {name: (torch.tensor([s for s, _ in pts], dtype=torch.long),
+                             torch.tensor([v for _, v in pts], dtype=torch.float64))
+                      for name, pts in self.trace.items()},
+            "objective_gen": self._objective_gen,
+            "rng": torch.get_rng_state(),  # DM and DC draw their networks from it
+            "objectives": [[obj.name, obj.state_dict()] for obj in self.objectives],
+        }
+        if self.device.type == "cuda":
+            own["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return own
+
+    def _restore_own(self, own: dict[str, Any]) -> None:
+        from ddbench.errors import DDBenchError
+
+        names = [name for name, _ in own["objectives"]]
+        if names != [obj.name for obj in self.objectives]:
+            raise DDBenchError(f"checkpoint has objectives {names}, the method {[o.name for o in self.objectives]}")
+        self.trace.clear()
+        for name, (steps, values) in own["trace"].items():
+            self.trace[name] = list(zip(steps.tolist(), values.tolist(), strict=True))
+        self._objective_gen = None
+        if own["objective_gen"] is not None:
+            self._objective_gen = self.generator(self.OBJECTIVE_SALT)
+            self._objective_gen.set_state(own["objective_gen"])
+        torch.set_rng_state(own["rng"])
+        if self.device.type == "cuda" and own.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(own["cuda_rng"], self.device)
+        for obj, (_, state) in zip(self.objectives, own["objectives"], strict=True):
+            obj.load_state_dict(state)
+
     @staticmethod
     def check_finite(loss: torch.Tensor, step: int) -> None:
         if not torch.isfinite(loss):
@@ -198,6 +260,10 @@ class Distiller(Component):
     uses_ipc: ClassVar[bool] = True
     #: False when the output is not worth storing (``full`` returns the training split)
     save_artifact: ClassVar[bool] = True
+    #: the named evaluation protocol of the method's paper (``ddbench.protocols``: "dc",
+    #: "dsa", "dm", "mtt"), used under ``--set eval.protocol=method`` (the ``paper``
+    #: preset); None = ddbench's uniform protocol
+    paper_protocol: ClassVar[str | None] = None
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
         raise NotImplementedError(f"{type(self).__name__}.distill")
@@ -230,6 +296,16 @@ class Objective(Component):
         """Values to record from the latest ``loss`` call (e.g. the MI estimate)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed distillation needs to continue exactly (trained heads, their
+        optimizer, pending gradients), saved with every checkpoint: tensors, optimizers,
+        generators, modules, JSON data (``ddbench.checkpoint.pack``; never pickled)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` on resume (after ``setup``, before the first ``loss``):
+        optimizers and modules come back as their state dicts, generators as their state."""
+
 
 class MIEstimator(Component):
     """Base class: a lower bound on mutual information (nats) from critic scores."""
@@ -243,6 +319,13 @@ class MIEstimator(Component):
     def ceiling(self, positive: torch.Tensor) -> float | None:
         """The largest value the estimator can return for this mask (InfoNCE: log K), or None."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Running statistics (MINE's moving average), saved by the objective using it."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` when a distillation resumes."""
 
 
 class Model(Component):

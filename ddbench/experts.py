@@ -32,7 +32,8 @@ import torch
 from ddbench.compiling import first_order
 from ddbench.data.bundle import DataBundle
 from ddbench.data.cache import cache_dir, temp_name
-from ddbench.protocol import train_epoch
+from ddbench.keys import digest
+from ddbench.protocol import dsa, train_epoch
 
 #: bump when a change to the training code below changes the trajectories
 FORMAT_VERSION = 1
@@ -71,8 +72,6 @@ class ExpertBuffer:
         # the same buffer instead of starting another one
         trained = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "num_experts"}
         self.identity = {"format": FORMAT_VERSION, "dataset": dataset_key, "recipe": trained}
-        from ddbench.plan import digest
-
         self.key = digest(self.identity, 16)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dataset_key.get("dataset", "data")))[:30]
         self.folder = cache_dir(root) / SUBDIR / f"{name.strip('_.') or 'data'}-{self.key}"
@@ -117,7 +116,7 @@ class ExpertBuffer:
             rows = [flat_params(net)]
             fast = first_order(net, device, data.image_size)
             for _ in range(r.epochs):
-                loss = train_epoch(fast, opt, x, y, r.batch, r.dsa_strategy if r.dsa else None, gen)
+                loss = train_epoch(fast, opt, x, y, r.batch, dsa(r.dsa_strategy if r.dsa else None), gen)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"expert {i} diverged (loss {float(loss)}); lower the expert lr")
                 rows.append(flat_params(net))

@@ -46,6 +46,7 @@ def register_executors(register):
 def cell_finished(record):
     """Called by the driver after each evaluation row is stored (for loggers).
 
-    ``record`` is a dict with the row as stored: key, method, dataset, ipc, seed, model,
-    eval_index, status, accuracy, error, seconds, peak memory, protocol and versions.
+    ``record`` is the ``ddbench.records.ResultRow`` as stored (cell key, method, dataset, ipc,
+    seed, model, eval_index, status, accuracy, error, seconds, peak memory, protocol,
+    versions, ...), read by attribute; ``record.as_dict()`` gives a plain dict.
     """

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 
 from ddbench import hookimpl
 from ddbench.components import MIEstimator
@@ -102,7 +103,7 @@ class MINE(MIEstimator):
     @dataclass
     class Params:
         #: weight of the newest batch in the moving average of E_Q[e^T] (mine-pytorch: 0.01)
-        alpha: float = 0.01
+        alpha: Annotated[float, Interval(gt=0, le=1)] = 0.01
 
     def __init__(self, params=None):
         super().__init__(params if params is not None else self.Params())
@@ -117,6 +118,12 @@ class MINE(MIEstimator):
             a = self.params.alpha
             self._log_running = torch.logaddexp(self._log_running + math.log1p(-a), current + math.log(a))
         return scores[positive].mean() - _EMALogMeanExp.apply(scores, self._log_running.to(scores.dtype))
+
+    def state_dict(self):
+        return {"log_running": self._log_running}
+
+    def load_state_dict(self, state):
+        self._log_running = state["log_running"]
 
 
 class JSD(MIEstimator):
@@ -163,6 +170,12 @@ class NCE(MIEstimator):
         logit = s - self._log_mean.to(s.dtype) - math.log(n)
         j = (F.logsigmoid(logit) * pos).sum(1) / pos.sum(1) + F.logsigmoid(-logit).sum(1)
         return math.log(n) + j.mean()
+
+    def state_dict(self):
+        return {"log_mean": self._log_mean}  # the "first" normaliser's fixed Z
+
+    def load_state_dict(self, state):
+        self._log_mean = state["log_mean"]
 
 
 BUILTIN = (InfoNCE, NWJ, MINE, JSD, NCE)

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ddbench import results, stats  # noqa: E402
+from ddbench.records import SynsetRow  # noqa: E402
 from ddbench.report import Analysis, protocol_line  # noqa: E402
 from ddbench.results import Table  # noqa: E402
 from ddbench.store import Store  # noqa: E402
@@ -175,22 +176,22 @@ def mi_traces(store: Store, table: Table, out: Path, name: str) -> Figure | None
                   "mean over seeds (band: min to max) of each recorded series; dashed: its ceiling")
 
 
-def cost(synsets: list[dict], out: Path, name: str) -> Figure | None:
-    rows = [r for r in synsets if r["status"] == "ok" and r["seconds_per_iter"] and r["ipc"]]
-    datasets = sorted({r["dataset"] for r in rows})
+def cost(synsets: list[SynsetRow], out: Path, name: str) -> Figure | None:
+    rows = [r for r in synsets if r.ok and r.seconds_per_iter and r.ipc]
+    datasets = sorted({r.dataset for r in rows})
     if not rows:
         return None
     fig, axes = plt.subplots(len(datasets), 2, figsize=(9, 3.2 * len(datasets)), squeeze=False)
     for (ax_t, ax_m), ds in zip(axes, datasets, strict=True):
         by = defaultdict(lambda: defaultdict(list))
         for r in rows:
-            if r["dataset"] == ds:
-                by[r["method"]][r["ipc"]].append(r)
+            if r.dataset == ds:
+                by[r.method][r.ipc].append(r)
         for m, ipcs in sorted(by.items()):
             x = sorted(ipcs)
-            ax_t.plot(x, [sum(r["seconds_per_iter"] for r in ipcs[i]) / len(ipcs[i]) for i in x], "o-", label=m)
-            ax_m.plot(x, [max(r["peak_mem_mb"] for r in ipcs[i]) for i in x], "o-", label=m)
-        devices = ", ".join(sorted({r["device"] for r in rows if r["dataset"] == ds}))
+            ax_t.plot(x, [sum(r.seconds_per_iter for r in ipcs[i]) / len(ipcs[i]) for i in x], "o-", label=m)
+            ax_m.plot(x, [max(r.peak_mem_mb for r in ipcs[i]) for i in x], "o-", label=m)
+        devices = ", ".join(sorted({r.device for r in rows if r.dataset == ds}))
         ipcs = sorted({i for m in by.values() for i in m})
         for ax, ylabel in ((ax_t, "seconds / iteration"), (ax_m, "peak memory (MB)")):
             _finish(ax, ipcs, title=f"{ds} — {devices}", xlabel="images per class", ylabel=ylabel)
@@ -227,7 +228,7 @@ def image_grids(store: Store, table: Table, out: Path) -> list[Figure]:
                 continue
             seen.add(key)
             row = store.synset(s.distill_keys[0])
-            src = store.path.parent / row["grid"] if row and row["grid"] else None
+            src = store.path.parent / row.grid if row and row.grid else None
             if src is None or not src.is_file():
                 continue
             stem = "grid_" + re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{m}_{cell.dataset_label}_ipc{cell.ipc}")

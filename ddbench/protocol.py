@@ -3,9 +3,10 @@
 Faithful to the reference ``evaluate_synset`` (DC/DSA/DM/MTT repos): SGD momentum 0.9,
 weight decay 5e-4, batch 256, cross-entropy, ``epochs + 1`` passes with the lr x0.1 (and
 a fresh optimizer, as the reference re-creates it) after pass ``epochs // 2 + 1``,
-per-sample DSA augmentation, test accuracy once at the end. A learned lr carried by the
-synthetic set (MTT) replaces ``lr``. The protocol is versioned and hashed; results of
-different protocols are never pooled.
+per-sample DSA augmentation (or DC's augmentation, ``dc_aug``), test accuracy once at the
+end. A learned lr carried by the synthetic set (MTT) replaces ``lr``. The protocol is
+named (``ddbench.protocols``: ddbench's uniform one or a paper's own), versioned and
+hashed; results of different protocols are never pooled.
 
 ``evaluate_many`` trains the ``num_eval`` networks of one cell group together (parameters
 stacked, one ``vmap``-ed forward and backward per batch, the same SGD update), each with
@@ -16,22 +17,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.modules.dropout import _DropoutNd
 
 from ddbench.allocator import inference_chunk
-from ddbench.augment import diff_augment, resolve_strategy
+from ddbench.augment import Strategy, diff_augment, resolve_strategy
 from ddbench.compiling import first_order
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
+from ddbench.dc_augment import DC_OPS, dc_augment
+from ddbench.keys import digest
+from ddbench.params import Check
 
 NAME = "ddbench-eval"
 #: bump when a change to the code below can change accuracies
@@ -39,20 +42,31 @@ VERSION = 1
 NAMESPACE = "eval"
 
 
+def _dc_aug_ok(value: str) -> bool:
+    return value in ("off", "auto", "none") or all(op in DC_OPS for op in value.split("_"))
+
+
 @dataclass
 class ProtocolParams:
-    epochs: int = 1000
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
-    num_eval: int = 5
+    #: passes are epochs + 1 (the reference's count), so 0 still trains one pass
+    epochs: Annotated[int, Ge(0)] = 1000
+    lr: Annotated[float, Gt(0)] = 0.01
+    momentum: Annotated[float, Interval(ge=0, le=1)] = 0.9
+    weight_decay: Annotated[float, Ge(0)] = 5e-4
+    batch: Annotated[int, Ge(1)] = 256
+    num_eval: Annotated[int, Ge(1)] = 5
     dsa: bool = True
     #: "auto" = the dataset's default strategy (no flip for digit datasets)
-    dsa_strategy: str = "auto"
+    dsa_strategy: Strategy = "auto"
     #: train a cell group's networks together (``evaluate_many``): "on", "off", or "auto" =
     #: on for CUDA devices only (on a 2-core CPU batching measured 1.2-1.9x slower)
     batched: Literal["auto", "on", "off"] = "auto"
+    #: which protocol (``ddbench.protocols``): a named one, or "method" = each method's own
+    #: paper's; stored as the protocol's name, not as a parameter
+    protocol: Literal["method", "uniform", "dc", "dsa", "dm", "mtt"] = "uniform"
+    #: DC's augmentation when ``dsa`` is off (``ddbench.dc_augment``): "off", "auto" (the
+    #: reference's choice for the dataset and model, resolved at planning) or a strategy
+    dc_aug: Annotated[str, Check(_dc_aug_ok, "off, auto, none or ops joined by '_' from " + ", ".join(DC_OPS))] = "off"
 
     def batches_on(self, device: torch.device) -> bool:
         return self.batched == "on" or (self.batched == "auto" and device.type == "cuda")
@@ -60,28 +74,38 @@ class ProtocolParams:
 
 #: how many runs and how they are scheduled, not what each computes: outside the hash
 _NOT_RECIPE = ("num_eval", "batched")
+#: parameters added after results were stored -> the value that reproduces the earlier
+#: protocol: left out of the stored parameters and the hash at that value
+_LATE = {"dc_aug": "off"}
 
 
-#: preset -> overrides of the defaults above (the defaults are the reference's, i.e. "paper")
-PRESETS = {"paper": {}, "small": {"epochs": 100, "num_eval": 2}}
+#: preset -> overrides of the defaults above: "paper" evaluates each method under its own
+#: paper's protocol, "small" under the uniform one at CPU budgets
+PRESETS = {"paper": {"protocol": "method"}, "small": {"epochs": 100, "num_eval": 2}}
 
 
 @dataclass(frozen=True)
 class Protocol:
+    """A concrete protocol: its name and version (``ddbench.protocols``) and parameters."""
+
     params: ProtocolParams
     preset: str
+    name: str = NAME
+    version: int = VERSION
 
     @property
     def label(self) -> str:
-        return f"{NAME}/v{VERSION}"
+        return f"{self.name}/v{self.version}"
 
     def as_dict(self) -> dict:
-        return {"name": NAME, "version": VERSION, **dataclasses.asdict(self.params)}
+        params = {k: v for k, v in dataclasses.asdict(self.params).items()
+                  if k != "protocol" and not (k in _LATE and _LATE[k] == v)}
+        return {"name": self.name, "version": self.version, **params}
 
     @property
     def hash(self) -> str:
         recipe = {k: v for k, v in self.as_dict().items() if k not in _NOT_RECIPE}
-        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(recipe, 16)
 
 
 def evaluate(
@@ -96,7 +120,7 @@ def evaluate(
     """Train ``net`` (freshly initialised) on ``synset``; return test accuracy in [0, 1]."""
     p = protocol.params
     gen = _generator(seed)
-    strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
+    augment = augmenter(p, data)
     x = synset.images.detach().to(device)
     y = synset.labels.to(device)
     epochs, lr = _schedule(synset, p)
@@ -105,7 +129,7 @@ def evaluate(
     decay_at = epochs // 2 + 1
     fast = first_order(net, device, data.image_size)
     for ep in range(epochs + 1):
-        loss = train_epoch(fast, opt, x, y, p.batch, strategy if p.dsa else None, gen)
+        loss = train_epoch(fast, opt, x, y, p.batch, augment, gen)
         if ep == decay_at:
             lr *= 0.1
             opt = torch.optim.SGD(
@@ -130,15 +154,34 @@ def _schedule(synset: SyntheticSet, p: ProtocolParams) -> tuple[int, float]:
     return epochs, lr
 
 
-def train_epoch(net, opt, x, y, batch: int, dsa_strategy: str | None, gen) -> torch.Tensor:
-    """The reference ``epoch('train', ...)``: one shuffled pass, per-sample DSA if given."""
+def augmenter(p: ProtocolParams, data: DataBundle):
+    """The training augmentation of protocol ``p``: DSA, DC's, or None."""
+    if p.dsa:
+        return dsa(resolve_strategy(p.dsa_strategy, data.dsa_strategy))
+    if p.dc_aug == "auto":
+        raise ValueError("eval.dc_aug='auto' must be resolved at planning (ddbench.protocols.specialise)")
+    if p.dc_aug not in ("off", "none", ""):
+        return lambda xb, gen, strategy=p.dc_aug: dc_augment(xb, strategy, gen)
+    return None
+
+
+def dsa(strategy: str | None):
+    """Per-sample (non-Siamese) DSA with ``strategy`` as a ``train_epoch`` augmentation."""
+    if strategy is None:
+        return None
+    return lambda xb, gen: diff_augment(xb, strategy, generator=gen)
+
+
+def train_epoch(net, opt, x, y, batch: int, augment, gen) -> torch.Tensor:
+    """The reference ``epoch('train', ...)``: one shuffled pass; ``augment(batch, gen)``
+    (``dsa(strategy)``, DC's augmentation, or None) on every batch."""
     net.train()
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     for start in range(0, len(x), batch):
         idx = perm[start : start + batch]
         xb = x[idx]
-        if dsa_strategy is not None:
-            xb = diff_augment(xb, dsa_strategy, generator=gen)
+        if augment is not None:
+            xb = augment(xb, gen)
         loss = F.cross_entropy(net(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -202,13 +245,13 @@ def evaluate_many(
     p = protocol.params
     stack = _Stack([net.to(device) for net in nets])
     epochs, lr = _schedule(synset, p)
-    strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy) if p.dsa else None
+    augment = augmenter(p, data)
     x, y = synset.images.detach().to(device), synset.labels.to(device)
     gens = [_generator(seed) for seed in seeds]
     opt = _SGD(stack.tensors, lr, p.momentum, p.weight_decay)
     decay_at = epochs // 2 + 1
     for ep in range(epochs + 1):
-        losses = _train_epoch_many(stack, opt, x, y, p.batch, strategy, gens)
+        losses = _train_epoch_many(stack, opt, x, y, p.batch, augment, gens)
         if ep == decay_at:  # a fresh optimizer, as in evaluate: momentum starts over
             opt = _SGD(stack.tensors, opt.lr * 0.1, p.momentum, p.weight_decay)
         progress(ep + 1, epochs + 1)
@@ -280,19 +323,15 @@ class _SGD:
             param.add_(grad, alpha=-self.lr)
 
 
-def _train_epoch_many(stack: _Stack, opt: _SGD, x, y, batch: int, strategy, gens) -> torch.Tensor:
+def _train_epoch_many(stack: _Stack, opt: _SGD, x, y, batch: int, augment, gens) -> torch.Tensor:
     """``train_epoch`` for every net at once; each generator is drawn from in its order."""
     perms = [torch.randperm(len(x), generator=g).to(x.device) for g in gens]
     for start in range(0, len(x), batch):
         idx = [perm[start : start + batch] for perm in perms]
-        xb = torch.stack([_augment(x[i], strategy, g) for i, g in zip(idx, gens, strict=True)])
+        xb = torch.stack([x[i] if augment is None else augment(x[i], g) for i, g in zip(idx, gens, strict=True)])
         losses = stack.losses(xb, torch.stack([y[i] for i in idx]))
         opt.step(torch.autograd.grad(losses.sum(), stack.tensors))
     return losses.detach()
-
-
-def _augment(xb: torch.Tensor, strategy: str | None, gen: torch.Generator) -> torch.Tensor:
-    return xb if strategy is None else diff_augment(xb, strategy, generator=gen)
 
 
 def _check_losses(losses: torch.Tensor) -> None:

@@ -130,6 +130,12 @@ class Registry:
     def entries(self, kind: str) -> list[Entry]:
         return [self._entries[kind][n] for n in self.names(kind)]
 
+    def late_params(self) -> dict[str, dict]:
+        """component name -> its ``late_params`` (distillers and objectives): what reports
+        need to label stored variants (``ddbench.results.group``)."""
+        return {e.name: dict(getattr(e.cls, "late_params", {}))
+                for kind in ("distillers", "objectives") for e in self.entries(kind)}
+
     def get(self, kind: str, name: str) -> Entry:
         try:
             return self._entries[kind][name]

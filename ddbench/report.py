@@ -15,13 +15,11 @@ import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from tabulate import tabulate
 
-from ddbench import artifacts, stats
-from ddbench.conditions import dataset_label
-from ddbench.results import SEED, CellId, Table, variant_labels
+from ddbench import stats
+from ddbench.results import SEED, CellId, Table
 
 ALPHA = stats.ALPHA
 
@@ -295,38 +293,6 @@ def render_json(an: Analysis) -> str:
                       for t in an.tables],
            "cells": _cell_records(an), "comparisons": comps, "rank_tests": ranks}
     return json.dumps(_nan_to_none(doc), indent=2, sort_keys=False) + "\n"
-
-
-def cost_table(synsets: list[dict], tablefmt: str = "simple", root: Path | None = None) -> str:
-    """Distillation cost per method variant x dataset x IPC x device, as reviewers of DD papers ask
-    for: seconds per iteration and wall/CPU seconds of the whole distillation (means over
-    seeds), peak memory (max over seeds), and the number of classes when the sets' files
-    are under ``root`` (the store's folder). Empty when nothing iterates."""
-    groups: dict[tuple, list[dict]] = {}
-    label = variant_labels(synsets, key="distill_key") if synsets else {}
-    for r in synsets:
-        if r["status"] == "ok" and r["seconds_per_iter"]:
-            ds = dataset_label(r["dataset"], r["conditions"])
-            key = (ds, r["ipc"] if r["ipc"] is not None else -1, label[r["distill_key"]], r["device"])
-            groups.setdefault(key, []).append(r)
-
-    def mean(got, column):
-        vals = [r.get(column) for r in got if r.get(column) is not None]
-        return f"{sum(vals) / len(vals):.3g}" if vals else "-"
-
-    rows = []
-    for (ds, ipc, method, device), got in sorted(groups.items()):
-        classes = None
-        if root is not None and got[0].get("artifact"):
-            classes = artifacts.class_count(root / got[0]["artifact"])
-        rows.append([method, ds, "-" if classes is None else classes, "all" if ipc == -1 else ipc,
-                     mean(got, "seconds_per_iter"), mean(got, "seconds"), mean(got, "cpu_seconds"),
-                     f"{max(r['peak_mem_mb'] for r in got):.0f}", len(got), device])
-    if not rows:
-        return ""
-    return tabulate(rows, headers=["method", "dataset", "classes", "ipc", "s/iter", "wall s", "cpu s",
-                                   "peak MB", "sets", "device"],
-                    tablefmt=tablefmt, disable_numparse=True)
 
 
 RENDERERS = {"text": render_text, "markdown": render_markdown, "latex": render_latex,

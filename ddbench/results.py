@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 
 from ddbench.conditions import dataset_label
 from ddbench.errors import DDBenchError
+from ddbench.records import ResultRow, SynsetRow
 from ddbench.store import Store
 
 SEED, EVAL = "distillation seed", "evaluation run"
+#: component name -> {late parameter: its neutral value} (``Registry.late_params``)
+LateParams = dict[str, dict]
 
 
 @dataclass(frozen=True, order=True)
@@ -95,7 +98,7 @@ def environment(versions_json: str | None) -> str:
     return f"ddbench {v.get('ddbench', '?')}, torch {torch_v}"
 
 
-def load_rows(store: Store, filters: Filters) -> list[dict]:
+def load_rows(store: Store, filters: Filters) -> list[ResultRow]:
     keys = None
     if filters.run:
         ids = store.run_ids(filters.run)
@@ -107,45 +110,46 @@ def load_rows(store: Store, filters: Filters) -> list[dict]:
     rows = store.results(keys) if keys is not None else store.results()
     out = []
     for r in rows:
-        ipc = "all" if r["ipc"] is None else str(r["ipc"])
-        if filters.datasets and r["dataset"] not in filters.datasets:
+        if filters.datasets and r.dataset not in filters.datasets:
             continue
-        if filters.ipcs and ipc not in filters.ipcs:
+        if filters.ipcs and r.ipc_label not in filters.ipcs:
             continue
-        if filters.models and r["model"] not in filters.models:
+        if filters.models and r.model not in filters.models:
             continue
-        if filters.conditions and r["conditions"] not in filters.conditions:
+        if filters.conditions and r.conditions not in filters.conditions:
             continue
-        if not filters.method_ok(r["method"]):
+        if not filters.method_ok(r.method):
             continue
         out.append(r)
     return out
 
 
-def group(rows: list[dict], method_order: list[str] | None = None) -> list[Table]:
-    """Rows -> tables of cells of samples (see the module docstring for the rules)."""
-    rows = sorted(rows, key=lambda r: r["created"] or 0)
-    variant = variant_labels(rows)
+def group(rows: list[ResultRow], late: LateParams, method_order: list[str] | None = None) -> list[Table]:
+    """Rows -> tables of cells of samples (see the module docstring for the rules).
+
+    ``late`` is the installed components' ``late_params`` (``Registry.late_params()``): a
+    pure function of the rows and what the caller hands it."""
+    rows = sorted(rows, key=lambda r: r.created or 0)
+    variant = variant_labels(rows, late)
     model_label = _model_labels(rows)
     tables: dict[tuple, Table] = {}
     # (table, cell, variant) -> seed -> {distill_key: [(created, eval_index, accuracy)]}
     raw: dict[tuple, dict[int, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     failed: dict[tuple, int] = defaultdict(int)
     for r in rows:
-        env = environment(r["versions"])
-        tkey = (r["protocol"], r["protocol_hash"], env)
+        env = environment(r.versions)
+        tkey = (r.protocol, r.protocol_hash, env)
         if tkey not in tables:
-            tables[tkey] = Table(r["protocol"], r["protocol_hash"], json.loads(r["protocol_params"] or "{}"), env)
+            tables[tkey] = Table(r.protocol, r.protocol_hash, r.json_field("protocol_params"), env)
         table = tables[tkey]
-        label = variant[r["cell_key"]]
+        label = variant[r.cell_key]
         if label not in table.methods:
             table.methods.append(label)
-        cell = CellId(r["dataset"], r["conditions"], "all" if r["ipc"] is None else str(r["ipc"]),
-                      model_label[r["cell_key"]])
+        cell = CellId(r.dataset, r.conditions, r.ipc_label, model_label[r.cell_key])
         table.cells.setdefault(cell, {})
         k = (tkey, cell, label)
-        if r["status"] == "ok":
-            raw[k][r["seed"]][r["distill_key"]].append((r["created"] or 0, r["eval_index"], r["accuracy"]))
+        if r.ok:
+            raw[k][r.seed][r.distill_key].append((r.created or 0, r.eval_index, r.accuracy))
         else:
             failed[k] += 1
             raw[k]  # noqa: B018 - the variant exists in the cell even if every run failed
@@ -184,8 +188,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _disambiguate(rows: list[dict], label_of, params_of, key: str = "cell_key") -> dict[str, str]:
-    """row[key] -> label; a label whose rows carry different parameters gets the differing
+def _disambiguate(rows, label_of, params_of, key: str) -> dict[str, str]:
+    """row.<key> -> label; a label whose rows carry different parameters gets the differing
     ones appended (e.g. ``model [width=64]``)."""
     variants: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
@@ -200,38 +204,28 @@ def _disambiguate(rows: list[dict], label_of, params_of, key: str = "cell_key") 
             keys = sorted({k for o in options.values() for k in set(o) | set(mine)
                            if o.get(k) != mine.get(k)})
             label = f"{label} [{','.join(f'{k}={mine.get(k)}' for k in keys)}]"
-        out[r[key]] = label
+        out[getattr(r, key)] = label
     return out
 
 
-def variant_labels(rows: list[dict], key: str = "cell_key") -> dict[str, str]:
-    """row[key] -> method label with the parameters that tell its variants apart, for result
-    rows (``cell_key``) and synthetic-set rows (``distill_key``) alike."""
-    late = _late_params()
-    return _disambiguate(rows, lambda r: r["method"], lambda r: _with_late(json.loads(r["params"] or "{}"), late),
-                         key)
+def variant_labels(rows: list[ResultRow] | list[SynsetRow], late: LateParams) -> dict[str, str]:
+    """Row key (``cell_key`` of result rows, ``distill_key`` of synthetic-set rows) ->
+    method label with the parameters that tell its variants apart."""
+    key = "distill_key" if rows and isinstance(rows[0], SynsetRow) else "cell_key"
+    return _disambiguate(rows, lambda r: r.method, lambda r: _with_late(r.json_field("params"), late), key)
 
 
-def _late_params() -> dict[str, dict]:
-    """component name -> its ``late_params`` (distillers and objectives of this install)."""
-    from ddbench.registry import load_registry
-
-    registry = load_registry()
-    return {e.name: dict(getattr(e.cls, "late_params", {}))
-            for kind in ("distillers", "objectives") for e in registry.entries(kind)}
-
-
-def _with_late(params: dict, late: dict[str, dict]) -> dict:
+def _with_late(params: dict, late: LateParams) -> dict:
     """Rows store a late parameter only away from its neutral value; put that value back, so
     that a variant reads ``dm [dm.amp=off]`` beside ``dm [dm.amp=bf16]``."""
     return {c: {**late.get(c, {}), **p} if isinstance(p, dict) else p for c, p in params.items()}
 
 
 def _model_labels(rows):
-    return _disambiguate(rows, lambda r: r["model"], lambda r: json.loads(r["model_params"] or "{}"))
+    return _disambiguate(rows, lambda r: r.model, lambda r: r.json_field("model_params"), "cell_key")
 
 
-def synsets(store: Store, tables: list[Table]) -> list[dict]:
+def synsets(store: Store, tables: list[Table]) -> list[SynsetRow]:
     """The stored rows of the synthetic sets the tables use (newest per seed)."""
     keys = {k for t in tables for cs in t.cells.values() for s in cs.values() for k in s.distill_keys}
     return [r for r in (store.synset(k) for k in sorted(keys)) if r]

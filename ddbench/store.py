@@ -2,8 +2,9 @@
 the scalar series recorded while a set was distilled (``traces``: e.g. the MI estimate),
 and which cells each run planned (``run_cells``).
 
-Columns added after a store was created come through ``MIGRATIONS`` (``ALTER TABLE ADD
-COLUMN`` when the store is opened): older stores stay readable, their rows have NULL there.
+The tables are the records of ``ddbench.records``. Columns added there after a store was
+created are added to it when it is opened (``ALTER TABLE ADD COLUMN``): older stores stay
+readable, their rows have NULL there.
 
 Only the driver process writes (executors' workers send their rows to it). Rows are keyed by content hashes, so re-running a
 command finds what is done: ``ok`` rows are skipped, ``failed`` rows are retried and
@@ -12,7 +13,7 @@ replaced, nothing is duplicated, and an ``ok`` row is never overwritten.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import sqlite3
 import tempfile
@@ -20,25 +21,11 @@ import time
 from pathlib import Path
 
 from ddbench.errors import DDBenchError
+from ddbench.records import TABLES, Record, ResultRow, RunRow, SynsetRow
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, started REAL, finished REAL, command TEXT, preset TEXT,
-    versions TEXT, git_rev TEXT, status TEXT
-);
-CREATE TABLE IF NOT EXISTS synsets (
-    distill_key TEXT PRIMARY KEY, run_id TEXT, method TEXT, params TEXT, dataset TEXT,
-    conditions TEXT, ipc INTEGER, seed INTEGER, status TEXT, error TEXT, artifact TEXT,
-    grid TEXT, seconds REAL, iterations INTEGER, seconds_per_iter REAL, peak_mem_mb REAL,
-    device TEXT, versions TEXT, created REAL
-);
-CREATE TABLE IF NOT EXISTS results (
-    cell_key TEXT PRIMARY KEY, distill_key TEXT, run_id TEXT, method TEXT, params TEXT,
-    dataset TEXT, conditions TEXT, ipc INTEGER, seed INTEGER, model TEXT, model_params TEXT,
-    eval_index INTEGER, protocol TEXT, protocol_hash TEXT, protocol_params TEXT,
-    status TEXT, accuracy REAL, error TEXT, distill_seconds REAL, seconds REAL,
-    peak_mem_mb REAL, device TEXT, versions TEXT, git_rev TEXT, created REAL
-);
+#: tables that are not records: which cells each run planned, and the scalar series
+#: recorded while a set was distilled
+LINK_SCHEMA = """
 CREATE INDEX IF NOT EXISTS results_by_distill ON results(distill_key);
 CREATE TABLE IF NOT EXISTS run_cells (
     run_id TEXT, cell_key TEXT, PRIMARY KEY (run_id, cell_key)
@@ -49,25 +36,15 @@ CREATE TABLE IF NOT EXISTS traces (
 );
 """
 
-#: (table, column, type) added since the first schema, in order; applied when missing
-MIGRATIONS = (
-    ("synsets", "cpu_seconds", "REAL"),
-    ("synsets", "worker", "TEXT"),
-    ("results", "cpu_seconds", "REAL"),
-    ("results", "worker", "TEXT"),
-)
 
-RESULT_COLUMNS = (
-    "cell_key", "distill_key", "run_id", "method", "params", "dataset", "conditions", "ipc",
-    "seed", "model", "model_params", "eval_index", "protocol", "protocol_hash",
-    "protocol_params", "status", "accuracy", "error", "distill_seconds", "seconds",
-    "peak_mem_mb", "device", "versions", "git_rev", "created", "cpu_seconds", "worker",
-)
-SYNSET_COLUMNS = (
-    "distill_key", "run_id", "method", "params", "dataset", "conditions", "ipc", "seed",
-    "status", "error", "artifact", "grid", "seconds", "iterations", "seconds_per_iter",
-    "peak_mem_mb", "device", "versions", "created", "cpu_seconds", "worker",
-)
+def schema() -> str:
+    """The CREATE statements: one table per record of ``ddbench.records``, then the links."""
+    out = []
+    for rec in TABLES:
+        cols = ", ".join(f"{c} {t}" + (" PRIMARY KEY" if c == rec.primary else "")
+                         for c, t in rec.sql_types().items())
+        out.append(f"CREATE TABLE IF NOT EXISTS {rec.table} ({cols});")
+    return "\n".join(out) + LINK_SCHEMA
 
 
 def check_writable(path: Path) -> None:
@@ -101,14 +78,12 @@ def check_writable(path: Path) -> None:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Add the columns of ``MIGRATIONS`` that a store lacks (one transaction)."""
-    have: dict[str, set[str]] = {}
+    """Add the columns that the records have and an older store lacks (one transaction)."""
     missing = []
-    for table, column, kind in MIGRATIONS:
-        if table not in have:
-            have[table] = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-        if column not in have[table]:
-            missing.append(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    for rec in TABLES:
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({rec.table})")}
+        missing += [f"ALTER TABLE {rec.table} ADD COLUMN {c} {t}"
+                    for c, t in rec.sql_types().items() if c not in have]
     if missing:
         with db:
             for statement in missing:
@@ -123,7 +98,7 @@ class Store:
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
+            self.db.executescript(schema())
             migrate(self.db)
         except sqlite3.DatabaseError as exc:
             raise DDBenchError(f"store {str(path)!r} cannot be used: {exc}") from None
@@ -137,12 +112,9 @@ class Store:
         self.db.close()
 
     # ---------------------------------------------------------------- runs
-    def start_run(self, run_id: str, command: str, preset: str, versions: dict, git_rev: str):
+    def start_run(self, run: RunRow) -> None:
         with self.db:
-            self.db.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?)",
-                (run_id, time.time(), None, command, preset, json.dumps(versions), git_rev, "running"),
-            )
+            self._insert(dataclasses.replace(run, started=time.time(), status="running"))
 
     def add_run_cells(self, run_id: str, keys) -> None:
         """Remember every cell a run planned, computed or found stored, so that a report of
@@ -155,9 +127,9 @@ class Store:
         return [r[0] for r in self.db.execute(
             "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY started", (prefix + "%",))]
 
-    def runs(self, run_ids) -> list[dict]:
+    def runs(self, run_ids) -> list[RunRow]:
         ids = sorted(set(run_ids))
-        return [dict(r) for r in self.db.execute(
+        return [RunRow.from_sql(r) for r in self.db.execute(
             f"SELECT * FROM runs WHERE run_id IN ({','.join('?' * len(ids))}) ORDER BY started", ids)]
 
     def run_cell_keys(self, run_id: str) -> list[str]:
@@ -183,48 +155,47 @@ class Store:
             done.update(r[0] for r in self.db.execute(q, chunk))
         return done
 
-    def write_result(self, row: dict) -> None:
+    def _insert(self, rec: Record) -> None:
+        cols = rec.columns()
+        self.db.execute(f"INSERT OR REPLACE INTO {rec.table} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                        rec.values())
+
+    def write_result(self, row: ResultRow) -> None:
         """Insert a row; replaces a failed row of the same key, never an ``ok`` one."""
-        row = {c: row.get(c) for c in RESULT_COLUMNS} | {"created": time.time()}
-        cols = ",".join(RESULT_COLUMNS)
-        marks = ",".join("?" * len(RESULT_COLUMNS))
+        row = dataclasses.replace(row, created=time.time())
         with self.db:
             cur = self.db.execute(
-                "SELECT status FROM results WHERE cell_key=?", (row["cell_key"],)
+                "SELECT status FROM results WHERE cell_key=?", (row.cell_key,)
             ).fetchone()
             if cur is not None and cur["status"] == "ok":
                 return
-            self.db.execute(f"INSERT OR REPLACE INTO results ({cols}) VALUES ({marks})",
-                            [row[c] for c in RESULT_COLUMNS])
+            self._insert(row)
 
-    def results(self, keys=None) -> list[dict]:
+    def results(self, keys=None) -> list[ResultRow]:
         if keys is None:
-            return [dict(r) for r in self.db.execute("SELECT * FROM results")]
+            return [ResultRow.from_sql(r) for r in self.db.execute("SELECT * FROM results")]
         keys = list(keys)
         out = []
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             q = f"SELECT * FROM results WHERE cell_key IN ({','.join('?' * len(chunk))})"
-            out.extend(dict(r) for r in self.db.execute(q, chunk))
+            out.extend(ResultRow.from_sql(r) for r in self.db.execute(q, chunk))
         return out
 
     # ---------------------------------------------------------------- synthetic sets
-    def synset(self, distill_key: str) -> dict | None:
+    def synset(self, distill_key: str) -> SynsetRow | None:
         r = self.db.execute("SELECT * FROM synsets WHERE distill_key=?", (distill_key,)).fetchone()
-        return dict(r) if r is not None else None
+        return SynsetRow.from_sql(r) if r is not None else None
 
-    def write_synset(self, row: dict, trace: dict[str, list[tuple[int, float]]] | None = None) -> None:
+    def write_synset(self, row: SynsetRow, trace: dict[str, list[tuple[int, float]]] | None = None) -> None:
         """Insert or replace a set's row and, in the same transaction, its trace."""
-        row = {c: row.get(c) for c in SYNSET_COLUMNS} | {"created": time.time()}
-        cols = ",".join(SYNSET_COLUMNS)
-        marks = ",".join("?" * len(SYNSET_COLUMNS))
+        row = dataclasses.replace(row, created=time.time())
         with self.db:
-            self.db.execute(f"INSERT OR REPLACE INTO synsets ({cols}) VALUES ({marks})",
-                            [row[c] for c in SYNSET_COLUMNS])
-            self.db.execute("DELETE FROM traces WHERE distill_key=?", (row["distill_key"],))
+            self._insert(row)
+            self.db.execute("DELETE FROM traces WHERE distill_key=?", (row.distill_key,))
             self.db.executemany(
                 "INSERT OR REPLACE INTO traces VALUES (?,?,?,?)",
-                [(row["distill_key"], name, step, value)
+                [(row.distill_key, name, step, value)
                  for name, points in (trace or {}).items() for step, value in points],
             )
 

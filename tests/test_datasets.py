@@ -20,7 +20,12 @@ import pytest
 import torch
 from conftest import SHARED_DATA as SHARED
 
-from ddbench.data import builtin, cache
+from ddbench.data import builtin, cache, imagefolder
+from ddbench.data.cifar import CIFAR10, CIFAR100
+from ddbench.data.digits import Digits
+from ddbench.data.imagefolder import ImageFolder
+from ddbench.data.mnist import MNIST, FashionMNIST
+from ddbench.data.svhn import SVHN
 from ddbench.errors import DDBenchError
 
 CIFAR10_CLASSES = [
@@ -56,7 +61,7 @@ def test_register_datasets_registers_every_builtin():
 def test_imagefolder_params_are_typed_for_the_cli():
     from ddbench.params import fields
 
-    info = {f.name: f for f in fields(builtin.ImageFolder.Params)}
+    info = {f.name: f for f in fields(ImageFolder.Params)}
     assert (info["size"].type_name, info["size"].default) == ("int", 32)
     assert (info["grayscale"].type_name, info["grayscale"].default) == ("bool", False)
 
@@ -65,8 +70,8 @@ def test_imagefolder_params_are_typed_for_the_cli():
 
 
 def test_digits_fixed_stratified_split(tmp_path):
-    a = builtin.Digits().load(None, tmp_path, False)
-    b = builtin.Digits().load(None, tmp_path, False)
+    a = Digits().load(None, tmp_path, False)
+    b = Digits().load(None, tmp_path, False)
     assert a.name == "digits"
     assert a.x_train.shape == (1257, 1, 8, 8) and a.x_test.shape == (540, 1, 8, 8)
     assert a.x_train.dtype == torch.float32 and a.y_train.dtype == torch.int64
@@ -101,7 +106,7 @@ def shared_mnist(tmp_path):
 
 
 def test_real_mnist_from_gz(shared_mnist, monkeypatch):
-    m = builtin.MNIST().load(None, shared_mnist, False)
+    m = MNIST().load(None, shared_mnist, False)
     assert m.name == "mnist" and m.classes == [str(i) for i in range(10)]
     assert m.x_train.shape == (60000, 1, 28, 28) and m.x_test.shape == (10000, 1, 28, 28)
     assert m.y_train[:5].tolist() == [5, 0, 4, 1, 9]
@@ -113,8 +118,8 @@ def test_real_mnist_from_gz(shared_mnist, monkeypatch):
     assert (raw / "train-images-idx3-ubyte").stat().st_size == 16 + 60000 * 28 * 28
     assert (raw / "train-images-idx3-ubyte.gz").is_symlink()
     # the second load comes from the cache: torchvision is not asked again
-    monkeypatch.setattr(builtin.MNIST, "decode", no_decode)
-    again = builtin.MNIST().load(None, shared_mnist, False)
+    monkeypatch.setattr(MNIST, "decode", no_decode)
+    again = MNIST().load(None, shared_mnist, False)
     assert torch.equal(again.y_train, m.y_train) and torch.equal(again.x_test, m.x_test)
 
 
@@ -145,7 +150,7 @@ def cifar_jpeg_subset(tmp_path_factory):
 def test_imagefolder_real_cifar10_jpegs(cifar_jpeg_subset, tmp_path, monkeypatch):
     from PIL import Image
 
-    spec = builtin.ImageFolder(builtin.ImageFolder.Params())
+    spec = ImageFolder(ImageFolder.Params())
     d = spec.load(str(cifar_jpeg_subset), tmp_path, False)
     assert d.name == f"imagefolder:{cifar_jpeg_subset}"
     assert d.classes == CIFAR10_CLASSES
@@ -165,20 +170,20 @@ def test_imagefolder_real_cifar10_jpegs(cifar_jpeg_subset, tmp_path, monkeypatch
     # cached: a second load does not decode, and gives the same tensors
     entries = list((tmp_path / ".ddbench-cache").glob("*.safetensors"))
     assert len(entries) == 1 and not list((tmp_path / ".ddbench-cache").glob("*.tmp"))
-    monkeypatch.setattr(builtin, "decode_images", no_decode)
+    monkeypatch.setattr(imagefolder, "decode_images", no_decode)
     again = spec.load(str(cifar_jpeg_subset), tmp_path, False)
     assert torch.equal(again.x_train, d.x_train) and torch.equal(again.y_test, d.y_test)
     assert again.classes == d.classes and again.mean == d.mean
 
     # other parameters are another cache entry (and decode)
     with pytest.raises(AssertionError, match="decoded again"):
-        builtin.ImageFolder(builtin.ImageFolder.Params(size=16)).load(str(cifar_jpeg_subset), tmp_path, False)
+        ImageFolder(ImageFolder.Params(size=16)).load(str(cifar_jpeg_subset), tmp_path, False)
     monkeypatch.undo()
-    small = builtin.ImageFolder(builtin.ImageFolder.Params(size=16)).load(
+    small = ImageFolder(ImageFolder.Params(size=16)).load(
         str(cifar_jpeg_subset), tmp_path, False
     )
     assert small.x_train.shape == (100, 3, 16, 16) and small.x_test.shape == (50, 3, 16, 16)
-    gray = builtin.ImageFolder(builtin.ImageFolder.Params(grayscale=True)).load(
+    gray = ImageFolder(ImageFolder.Params(grayscale=True)).load(
         str(cifar_jpeg_subset), tmp_path, False
     )
     assert gray.x_train.shape == (100, 1, 32, 32) and len(gray.mean) == 1
@@ -206,7 +211,7 @@ def test_imagefolder_formats_resize_and_cache_invalidation(tmp_path, monkeypatch
     (src / "train" / "dog" / ".hidden.jpg").write_bytes(b"junk")
 
     root = tmp_path / "root"
-    d = builtin.ImageFolder(builtin.ImageFolder.Params(size=8)).load(str(src), root, False)
+    d = ImageFolder(ImageFolder.Params(size=8)).load(str(src), root, False)
     assert d.classes == ["cat", "dog"]
     assert d.y_train.tolist() == [0, 0, 1] and d.y_test.tolist() == [0, 1]
     assert d.x_train.shape == (3, 3, 8, 8) and d.x_test.shape == (2, 3, 8, 8)
@@ -214,17 +219,17 @@ def test_imagefolder_formats_resize_and_cache_invalidation(tmp_path, monkeypatch
 
     # adding a file changes the fingerprint: decoded again, the stale entry replaced
     _write_image(src / "train" / "dog" / "f.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-    monkeypatch.setattr(builtin, "decode_images", no_decode)
+    monkeypatch.setattr(imagefolder, "decode_images", no_decode)
     with pytest.raises(AssertionError, match="decoded again"):
-        builtin.ImageFolder(builtin.ImageFolder.Params(size=8)).load(str(src), root, False)
+        ImageFolder(ImageFolder.Params(size=8)).load(str(src), root, False)
     monkeypatch.undo()
-    d2 = builtin.ImageFolder(builtin.ImageFolder.Params(size=8)).load(str(src), root, False)
+    d2 = ImageFolder(ImageFolder.Params(size=8)).load(str(src), root, False)
     assert d2.y_train.tolist() == [0, 0, 1, 1]
     assert len(list((root / ".ddbench-cache").glob("*.safetensors"))) == 1
 
 
 def test_imagefolder_errors(tmp_path):
-    load = builtin.ImageFolder(builtin.ImageFolder.Params()).load
+    load = ImageFolder(ImageFolder.Params()).load
     missing = tmp_path / "nope"
     with pytest.raises(DDBenchError, match=f"folder {missing} does not exist"):
         load(str(missing), tmp_path, False)
@@ -306,7 +311,7 @@ def test_cifar10_official_pickles(tmp_path, monkeypatch):
         b"label_names": [c.encode() for c in CIFAR10_CLASSES],
     })
 
-    d = builtin.CIFAR10().load(None, tmp_path, False)
+    d = CIFAR10().load(None, tmp_path, False)
     assert d.name == "cifar10" and d.classes == CIFAR10_CLASSES
     assert d.x_train.shape == (20, 3, 32, 32) and d.x_test.shape == (3, 3, 32, 32)
     assert torch.equal(pixels(d, d.x_train), torch.from_numpy(np.concatenate(train_imgs)).long())
@@ -315,8 +320,8 @@ def test_cifar10_official_pickles(tmp_path, monkeypatch):
     assert d.mean == (0.4914, 0.4822, 0.4465) and d.std == (0.2023, 0.1994, 0.2010)
     assert d.dsa_strategy == "color_crop_cutout_flip_scale_rotate"
 
-    monkeypatch.setattr(builtin.CIFAR10, "decode", no_decode)
-    assert torch.equal(builtin.CIFAR10().load(None, tmp_path, False).x_train, d.x_train)
+    monkeypatch.setattr(CIFAR10, "decode", no_decode)
+    assert torch.equal(CIFAR10().load(None, tmp_path, False).x_train, d.x_train)
 
 
 def test_cifar100_official_pickles(tmp_path):
@@ -335,7 +340,7 @@ def test_cifar100_official_pickles(tmp_path):
         b"fine_label_names": [n.encode() for n in fine_names],
         b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
     })
-    d = builtin.CIFAR100().load(None, tmp_path, False)
+    d = CIFAR100().load(None, tmp_path, False)
     assert d.classes == fine_names and d.num_classes == 100
     assert d.y_train.tolist() == [0, 99, 5, 42, 42, 7] and d.y_test.tolist() == [99, 1]
     assert torch.equal(pixels(d, d.x_train), torch.from_numpy(x).long())
@@ -357,7 +362,7 @@ def test_svhn_official_mat(tmp_path):
         y = np.where(digits == 0, 10, digits).astype(np.uint8).reshape(n, 1)  # 10 means 0
         savemat(folder / f"{split}_32x32.mat", {"X": imgs.transpose(2, 3, 1, 0), "y": y})
         data[split] = (imgs, digits)
-    d = builtin.SVHN().load(None, tmp_path, False)
+    d = SVHN().load(None, tmp_path, False)
     assert d.classes == [str(i) for i in range(10)]
     assert d.dsa_strategy == "color_crop_cutout_scale_rotate"
     assert d.x_train.shape == (5, 3, 32, 32) and d.x_test.shape == (3, 3, 32, 32)
@@ -391,7 +396,7 @@ def write_idx_gz(folder: Path, seed: int = 4) -> dict[str, np.ndarray]:
 
 def test_fashionmnist_from_gz_only(tmp_path):
     arrays = write_idx_gz(tmp_path / "FashionMNIST" / "raw")
-    d = builtin.FashionMNIST().load(None, tmp_path, False)
+    d = FashionMNIST().load(None, tmp_path, False)
     assert d.classes[0] == "T-shirt/top" and len(d.classes) == 10
     assert d.x_train.shape == (12, 1, 28, 28) and d.x_test.shape == (6, 1, 28, 28)
     assert torch.equal(pixels(d, d.x_train)[:, 0], torch.from_numpy(arrays["train"][0]).long())
@@ -406,11 +411,11 @@ def test_fashionmnist_from_gz_only(tmp_path):
 @pytest.mark.parametrize(
     "cls, folder, first",
     [
-        (builtin.MNIST, "MNIST/raw", "train-images-idx3-ubyte[.gz]"),
-        (builtin.FashionMNIST, "FashionMNIST/raw", "train-images-idx3-ubyte[.gz]"),
-        (builtin.SVHN, "svhn", "train_32x32.mat"),
-        (builtin.CIFAR10, "cifar-10-batches-py", "data_batch_1"),
-        (builtin.CIFAR100, "cifar-100-python", "train"),
+        (MNIST, "MNIST/raw", "train-images-idx3-ubyte[.gz]"),
+        (FashionMNIST, "FashionMNIST/raw", "train-images-idx3-ubyte[.gz]"),
+        (SVHN, "svhn", "train_32x32.mat"),
+        (CIFAR10, "cifar-10-batches-py", "data_batch_1"),
+        (CIFAR100, "cifar-100-python", "train"),
     ],
 )
 def test_missing_files_offline_is_one_line_naming_the_folder(tmp_path, cls, folder, first):
@@ -426,7 +431,7 @@ def test_partly_missing_files_are_named(tmp_path):
     write_idx_gz(tmp_path / "MNIST" / "raw")
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DDBenchError, match=r"missing t10k-labels-idx1-ubyte in .*MNIST/raw"):
-        builtin.MNIST().load(None, tmp_path, False)
+        MNIST().load(None, tmp_path, False)
 
 
 def test_unreadable_files_are_a_one_line_error(tmp_path):
@@ -436,7 +441,7 @@ def test_unreadable_files_are_a_one_line_error(tmp_path):
               "test_batch", "batches.meta"]:
         (folder / f).write_bytes(b"not a pickle")
     with pytest.raises(DDBenchError, match=f"dataset 'cifar10': could not read the files in {folder}"):
-        builtin.CIFAR10().load(None, tmp_path, False)
+        CIFAR10().load(None, tmp_path, False)
 
 
 # --------------------------------------------------------------------------- download
@@ -481,13 +486,13 @@ def test_mnist_download_fetches_checks_md5_and_loads(http_dir, tmp_path, monkeyp
     monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
     monkeypatch.setattr(tvd.MNIST, "resources", [(f, _md5(served / f)) for f, _ in tvd.MNIST.resources])
     root = tmp_path / "root"
-    d = builtin.MNIST().load(None, root, True)
+    d = MNIST().load(None, root, True)
     assert d.x_train.shape == (12, 1, 28, 28)
     assert torch.equal(pixels(d, d.x_test)[:, 0], torch.from_numpy(arrays["t10k"][0]).long())
     assert d.y_train.tolist() == arrays["train"][1].tolist()
     assert (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
     # present now: loads offline
-    assert torch.equal(builtin.MNIST().load(None, root, False).y_test, d.y_test)
+    assert torch.equal(MNIST().load(None, root, False).y_test, d.y_test)
 
 
 def test_mnist_download_with_wrong_md5_fails_and_leaves_nothing(http_dir, tmp_path, monkeypatch):
@@ -499,12 +504,12 @@ def test_mnist_download_with_wrong_md5_fails_and_leaves_nothing(http_dir, tmp_pa
     monkeypatch.setattr(tvd.MNIST, "resources", [(f, "0" * 32) for f, _ in tvd.MNIST.resources])
     root = tmp_path / "root"
     with pytest.raises(DDBenchError) as e:
-        builtin.MNIST().load(None, root, True)
+        MNIST().load(None, root, True)
     msg = str(e.value)
     assert msg.startswith(f"dataset 'mnist': download from {url} failed") and "\n" not in msg
     assert list((root / "MNIST" / "raw").iterdir()) == []  # no unverified file to load later
     with pytest.raises(DDBenchError, match="no files in"):
-        builtin.MNIST().load(None, root, False)
+        MNIST().load(None, root, False)
 
 
 def test_download_from_unreachable_server_is_one_line(tmp_path, monkeypatch):
@@ -519,7 +524,7 @@ def test_download_from_unreachable_server_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setattr(tvd.CIFAR10, "url", url)
     with pytest.raises(DDBenchError) as e:
-        builtin.CIFAR10().load(None, tmp_path, True)
+        CIFAR10().load(None, tmp_path, True)
     msg = str(e.value)
     assert msg.startswith(f"dataset 'cifar10': download from {url} failed") and "\n" not in msg
     assert not (tmp_path / "cifar-10-python.tar.gz").exists()

@@ -22,7 +22,37 @@ import torch
 from conftest import TINY, rows
 
 from ddbench.executors import worker
-from ddbench.store import SCHEMA, Store
+from ddbench.records import ResultRow
+from ddbench.store import Store
+
+#: the tables as the first stores were created, before columns were added to the records
+FIRST_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started REAL, finished REAL, command TEXT, preset TEXT,
+    versions TEXT, git_rev TEXT, status TEXT
+);
+CREATE TABLE IF NOT EXISTS synsets (
+    distill_key TEXT PRIMARY KEY, run_id TEXT, method TEXT, params TEXT, dataset TEXT,
+    conditions TEXT, ipc INTEGER, seed INTEGER, status TEXT, error TEXT, artifact TEXT,
+    grid TEXT, seconds REAL, iterations INTEGER, seconds_per_iter REAL, peak_mem_mb REAL,
+    device TEXT, versions TEXT, created REAL
+);
+CREATE TABLE IF NOT EXISTS results (
+    cell_key TEXT PRIMARY KEY, distill_key TEXT, run_id TEXT, method TEXT, params TEXT,
+    dataset TEXT, conditions TEXT, ipc INTEGER, seed INTEGER, model TEXT, model_params TEXT,
+    eval_index INTEGER, protocol TEXT, protocol_hash TEXT, protocol_params TEXT,
+    status TEXT, accuracy REAL, error TEXT, distill_seconds REAL, seconds REAL,
+    peak_mem_mb REAL, device TEXT, versions TEXT, git_rev TEXT, created REAL
+);
+CREATE INDEX IF NOT EXISTS results_by_distill ON results(distill_key);
+CREATE TABLE IF NOT EXISTS run_cells (
+    run_id TEXT, cell_key TEXT, PRIMARY KEY (run_id, cell_key)
+);
+CREATE TABLE IF NOT EXISTS traces (
+    distill_key TEXT, series TEXT, step INTEGER, value REAL,
+    PRIMARY KEY (distill_key, series, step)
+);
+"""
 
 SWEEP = ["run", "--methods", "random,dm", "--datasets", "digits", "--ipc", "1", "--seeds", "0,1", *TINY]
 
@@ -114,7 +144,7 @@ def test_killed_worker_loses_nothing_stored_and_the_rerun_completes(ddb, tmp_pat
     flag = arm_killer(fake_plugin, tmp_path)
     store = tmp_path / "r.sqlite"
     res = ddb(*KILL_SWEEP, "--store", str(store), "--jobs", "2")
-    assert res.code == 0, res.err  # a dead worker fails its cells, not the sweep
+    assert res.code == 1, res.err  # a dead worker fails its cells (exit 1), not the whole sweep
     assert not flag.exists()
     first = {r["cell_key"]: r for r in rows(store)}
     assert len(first) == 8  # 2 methods x 2 ipc x 2 seeds, all recorded
@@ -149,9 +179,9 @@ def test_missing_extra_is_one_line_exit_2_nothing_written(ddb, tmp_path, monkeyp
         (["--address", "10.0.0.1:6379"], "--address is not an option of executor 'local'"),
         (["--executor", "slurm", "--address", "x"], "--address is not an option of executor 'slurm'"),
         (["--jobs", "0"], "Invalid value for '--jobs'"),
-        (["--set", "local.jobs=0"], "local.jobs must be >= 1"),
+        (["--set", "local.jobs=0"], "invalid value 0 for local.jobs: must be >= 1"),
         (["--set", "local.jobs=two"], "invalid value 'two' for local.jobs: expected int"),
-        (["--executor", "ray", "--set", "ray.num_cpus=0"], "ray.num_cpus > 0"),
+        (["--executor", "ray", "--set", "ray.num_cpus=0"], "invalid value 0.0 for ray.num_cpus: must be > 0"),
         (["--executor", "slurm", "--set", "slurm.cluster=pbs"], "invalid value 'pbs' for slurm.cluster"),
     ],
 )
@@ -165,7 +195,7 @@ def test_bad_executor_options_are_one_line_errors(ddb, tmp_path, args, message):
 def test_store_migration_keeps_an_old_store_readable(tmp_path):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA)  # the tables as stores were created before the migrations
+    db.executescript(FIRST_SCHEMA)
     assert "cpu_seconds" not in {r[1] for r in db.execute("PRAGMA table_info(results)")}
     db.execute("INSERT INTO results (cell_key, status, accuracy, seconds) VALUES ('k1', 'ok', 0.5, 2.0)")
     db.commit()
@@ -173,10 +203,10 @@ def test_store_migration_keeps_an_old_store_readable(tmp_path):
     st = Store(path)
     try:
         (row,) = st.results()
-        assert row["accuracy"] == 0.5 and row["cpu_seconds"] is None and row["worker"] is None
+        assert row.accuracy == 0.5 and row.cpu_seconds is None and row.worker is None
         assert st.done_cells(["k1"]) == {"k1"}
-        st.write_result({"cell_key": "k2", "status": "ok", "accuracy": 0.7, "cpu_seconds": 1.5, "worker": "h:1"})
-        assert {r["cell_key"]: r["cpu_seconds"] for r in st.results()} == {"k1": None, "k2": 1.5}
+        st.write_result(ResultRow("k2", status="ok", accuracy=0.7, cpu_seconds=1.5, worker="h:1"))
+        assert {r.cell_key: r.cpu_seconds for r in st.results()} == {"k1": None, "k2": 1.5}
     finally:
         st.close()
     Store(path).close()  # migrating twice is a no-op
@@ -272,7 +302,7 @@ def test_ray_lost_worker_fails_its_cells_and_the_rerun_completes(ddb, tmp_path, 
     args = [*KILL_SWEEP, "--executor", "ray", "--address", ray_head]
     store = tmp_path / "r.sqlite"
     res = ddb(*args, "--store", str(store))
-    assert res.code == 0, res.err
+    assert res.code == 1, res.err  # its cells failed (stored), the sweep went on
     assert not flag.exists()
     got = rows(store)
     failed = [r for r in got if r["status"] != "ok"]
@@ -322,7 +352,7 @@ def test_slurm_lost_job_fails_its_cells_and_the_rerun_completes(ddb, tmp_path, f
     args = ["run", "--methods", "killer", "--ipc", "1,2", "--seeds", "0", *TINY, "--executor", "slurm",
             "--set", "slurm.cluster=local", "--set", "slurm.poll_s=0.2", "--store", str(tmp_path / "r.sqlite")]
     res = ddb(*args)
-    assert res.code == 0, res.err
+    assert res.code == 1, res.err  # its cells failed (stored), the sweep went on
     assert not flag.exists()
     got = rows(tmp_path / "r.sqlite")
     failed = [r for r in got if r["status"] != "ok"]

@@ -120,7 +120,7 @@ def test_protocol_defaults_are_the_reference_and_hash_tracks_the_recipe():
 def test_evaluation_learns_something_on_digits():
     from pathlib import Path
 
-    from ddbench.data.builtin import Digits
+    from ddbench.data.digits import Digits
 
     data = Digits(None).load(None, Path("."), False)
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 from conftest import TINY, rows
 
 from ddbench.components import SyntheticSet
-from ddbench.data.builtin import Digits
+from ddbench.data.digits import Digits
 from ddbench.errors import DDBenchError
 from ddbench.models.classic import MLP, AlexNet, LeNet
 from ddbench.models.timm_models import VGG11, ResNet18, Timm

@@ -23,7 +23,7 @@ from ddbench import DataBundle, DistillContext
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "plugins" / "ddbench-coreset"
 ORIGIN = "from ddbench_coreset.plugin (ddbench-coreset 0.1.0)"
-PARAMS = "params: model=convnet, feature_epochs=10 (small: 1)"
+PARAMS = "params: model=convnet, feature_epochs=10 (small: 1) [>= 0]"
 
 
 @pytest.fixture

@@ -95,8 +95,8 @@ def test_list_shows_every_kind_origin_and_params(ddb):
     assert "from ddbench.distillers.dm (ddbench " in res.out
     assert "iterations=20000 (small: 50)" in res.out
     assert "norm=instancenorm" in res.out and "{instancenorm|batchnorm|layernorm|groupnorm|none}" in res.out
-    assert "eval (the protocol, ddbench-eval/v1" in res.out and "epochs=1000 (small: 100)" in res.out
-    assert "objectives\n  mim " in res.out and "lambda=0.8, beta=2.0" in res.out
+    assert "uniform: ddbench-eval/v1" in res.out and "epochs=1000 (small: 100)" in res.out
+    assert "objectives\n  mim " in res.out and "lambda=0.8 [>= 0], beta=2.0" in res.out
     assert "executors\n  local" in res.out
 
 

@@ -14,6 +14,8 @@ from PIL import Image
 from scipy import stats as st
 
 from ddbench import plots, report, results, stats
+from ddbench.cost_table import cost_table
+from ddbench.records import ResultRow, RunRow, SynsetRow
 from ddbench.store import Store
 
 EXPECTED = Path(__file__).parent / "data" / "report_fixed.tex"
@@ -27,20 +29,21 @@ MEANS = {"a": {1: 0.90, 10: 0.95}, "b": {1: 0.89, 10: 0.951}, "c": {1: 0.60, 10:
 def _row(i, method, dataset, ipc, seed, ev, acc, protocol_hash="p1" * 8, versions=VERSIONS,
          status="ok", params=None):
     dk = f"{method}-{dataset}-{ipc}-{seed}-{protocol_hash[:2]}-{versions['torch']}"
-    return {"cell_key": f"{dk}-{ev}", "distill_key": dk, "run_id": "run000000001", "method": method,
-            "params": json.dumps(params or {method.split("[")[0]: {}}), "dataset": dataset,
-            "conditions": "clean", "ipc": ipc, "seed": seed, "model": "convnet", "model_params": "{}",
-            "eval_index": ev, "protocol": "ddbench-eval/v1", "protocol_hash": protocol_hash,
-            "protocol_params": json.dumps(PROTOCOL), "status": status,
-            "accuracy": acc if status == "ok" else None, "error": None if status == "ok" else "boom",
-            "device": "cpu", "versions": json.dumps(versions)}
+    return ResultRow(f"{dk}-{ev}", distill_key=dk, run_id="run000000001", method=method,
+                     params=json.dumps(params or {method.split("[")[0]: {}}), dataset=dataset,
+                     conditions="clean", ipc=ipc, seed=seed, model="convnet", model_params="{}",
+                     eval_index=ev, protocol="ddbench-eval/v1", protocol_hash=protocol_hash,
+                     protocol_params=json.dumps(PROTOCOL), status=status,
+                     accuracy=acc if status == "ok" else None, error=None if status == "ok" else "boom",
+                     device="cpu", versions=json.dumps(versions))
 
 
 def fixed_store(path: Path) -> Path:
     """2 datasets x 2 IPC x 5 methods x 3 seeds x 2 evaluation runs, deterministic."""
     rng = np.random.default_rng(0)
     st_ = Store(path)
-    st_.start_run("run000000001", "ddbench run ...", "small", VERSIONS, "abc")
+    st_.start_run(RunRow("run000000001", command="ddbench run ...", preset="small",
+                         versions=json.dumps(VERSIONS), git_rev="abc"))
     grid = path.parent / "artifacts" / "g.png"
     grid.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (40, 40), (200, 30, 30)).save(grid)
@@ -57,11 +60,12 @@ def fixed_store(path: Path) -> Path:
                     trace = ({"mim/mi_l1": [(s, -1 + 0.01 * s + 0.01 * seed) for s in range(5)],
                               "mim/ceiling": [(s, math.log(10)) for s in range(5)]}
                              if "+x" in method else None)
-                    st_.write_synset({"distill_key": dk, "run_id": "run000000001", "method": method,
-                                      "dataset": dataset, "conditions": "clean", "ipc": ipc, "seed": seed,
-                                      "status": "ok", "grid": "artifacts/g.png", "iterations": 10,
-                                      "seconds_per_iter": 0.1 * ipc * (2 if "+x" in method else 1),
-                                      "peak_mem_mb": 500 + ipc, "device": "cpu"}, trace=trace)
+                    st_.write_synset(SynsetRow(dk, run_id="run000000001", method=method,
+                                               dataset=dataset, conditions="clean", ipc=ipc, seed=seed,
+                                               status="ok", grid="artifacts/g.png", iterations=10,
+                                               seconds_per_iter=0.1 * ipc * (2 if "+x" in method else 1),
+                                               peak_mem_mb=500 + ipc, device="cpu", num_classes=10),
+                                     trace=trace)
     st_.write_result(_row(i, "c", "digits", 1, 5, 0, None, status="failed"))
     st_.close()
     return path
@@ -75,7 +79,7 @@ def store(tmp_path):
 def analysis(path: Path, **filters) -> report.Analysis:
     st_ = Store(path)
     try:
-        return report.analyse(results.group(results.load_rows(st_, results.Filters(**filters))))
+        return report.analyse(results.group(results.load_rows(st_, results.Filters(**filters)), {}))
     finally:
         st_.close()
 
@@ -172,18 +176,18 @@ def test_same_label_different_parameters_are_told_apart(tmp_path):
 def test_cost_table_keeps_variants_of_one_method_apart():
     def synset(seed, amp, spi, mem):
         params = {"dm": {"amp": amp}} if amp else {"dm": {}}
-        return {"distill_key": f"dm-{amp}-{seed}", "method": "dm", "params": json.dumps(params),
-                "dataset": "mnist", "conditions": "clean", "ipc": 1, "seed": seed, "status": "ok",
-                "seconds_per_iter": spi, "seconds": spi * 50, "cpu_seconds": spi * 50,
-                "peak_mem_mb": mem, "device": "cpu", "artifact": None}
+        return SynsetRow(f"dm-{amp}-{seed}", method="dm", params=json.dumps(params),
+                         dataset="mnist", conditions="clean", ipc=1, seed=seed, status="ok",
+                         seconds_per_iter=spi, seconds=spi * 50, cpu_seconds=spi * 50,
+                         peak_mem_mb=mem, device="cpu", num_classes=10 if seed == 0 else None)
 
     # float32 rows store no amp (its neutral value is a late parameter), bf16 rows do
     rows = [synset(0, None, 2.0, 1500), synset(1, None, 4.0, 1600), synset(0, "bf16", 1.0, 1400)]
-    lines = report.cost_table(rows).splitlines()[2:]
+    lines = cost_table(rows, {"dm": {"amp": "off"}}).splitlines()[2:]
     # method (two words), dataset, classes, ipc, s/iter, wall s, cpu s, peak MB, sets, device
     assert [line.split() for line in lines] == [
-        ["dm", "[dm.amp=bf16]", "mnist", "-", "1", "1", "50", "50", "1400", "1", "cpu"],
-        ["dm", "[dm.amp=off]", "mnist", "-", "1", "3", "150", "150", "1600", "2", "cpu"]]
+        ["dm", "[dm.amp=bf16]", "mnist", "10", "1", "1", "50", "50", "1400", "1", "cpu"],
+        ["dm", "[dm.amp=off]", "mnist", "10", "1", "3", "150", "150", "1600", "2", "cpu"]]
 
 
 def test_report_cli_formats_filters_and_files(store, ddb, tmp_path):

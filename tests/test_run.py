@@ -10,6 +10,8 @@ import torch
 from conftest import TINY, rows
 from safetensors.torch import load_file
 
+from ddbench.records import ResultRow
+
 FLAKY = '''
 import os
 import torch
@@ -154,7 +156,10 @@ def test_failed_cells_are_recorded_and_retried(ddb, tmp_path, monkeypatch, fake_
     args = ["run", "--methods", "flaky,random", "--ipc", "1", "--seeds", "0,1", "--store", str(store), *TINY]
     monkeypatch.setenv("FLAKY_MODE", "raise")
     res = ddb(*args)
-    assert res.code == 0  # a failing method does not stop the sweep
+    assert res.code == 1  # a failing method does not stop the sweep, but the exit status says so
+    assert ("failed: flaky digits ipc=1 seed=0 (convnet #0): distillation failed: RuntimeError: flaky distiller "
+            "exploded") in res.err
+    assert "2 cell(s) failed" in res.err.splitlines()[-1]
     got = rows(store)
     failed = [r for r in got if r["status"] == "failed"]
     assert len(failed) == 2 and all("flaky distiller exploded" in r["error"] for r in failed)
@@ -162,19 +167,20 @@ def test_failed_cells_are_recorded_and_retried(ddb, tmp_path, monkeypatch, fake_
     assert "[1 failed]" in res.out or "[2 failed]" in res.out or "-" in res.out
 
     monkeypatch.setenv("FLAKY_MODE", "nan")
-    ddb(*args)
+    assert ddb(*args).code == 1
     got = rows(store, "method='flaky'")
     assert len(got) == 2 and all("loss is nan at iteration 7" in r["error"] for r in got)
 
     monkeypatch.setenv("FLAKY_MODE", "ok")
     res = ddb(*args)
-    assert "2 evaluation(s) run, 2 already stored, 0 failed" in res.out
+    assert res.code == 0 and "2 evaluation(s) run, 2 already stored, 0 failed" in res.out
     got = rows(store)
     assert len(got) == 4 and all(r["status"] == "ok" for r in got)
     import sys
 
     finished = sys.modules[mod].finished
-    assert len(finished) == 4 + 2 + 2 and {"status", "accuracy", "cell_key"} <= set(finished[-1])
+    assert len(finished) == 4 + 2 + 2  # the hook receives the typed row as stored
+    assert isinstance(finished[-1], ResultRow) and finished[-1].ok and finished[-1].accuracy is not None
 
 
 def test_objective_attaches_with_the_method_grammar(ddb, tmp_path, fake_plugin):

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from ddbench.keys import digest
+
 CACHE_DIRNAME = ".ddbench-cache"
 #: bump when the layout of cached files changes: old entries are then ignored
 FORMAT_VERSION = 1
@@ -114,11 +116,6 @@ def fingerprint_stats(entries: Iterable[tuple[str, int, int]]) -> str:
     return h.hexdigest()
 
 
-def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def cache_key(name: str, params: dict[str, Any] | None, source_fingerprint: str) -> str:
     """``<readable name>-<hash of name+params>-<hash of sources>``.
 
@@ -126,7 +123,7 @@ def cache_key(name: str, params: dict[str, Any] | None, source_fingerprint: str)
     replace the stale ones it supersedes.
     """
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.")[:40] or "dataset"
-    ident = _digest({"format": FORMAT_VERSION, "name": name, "params": params or {}})[:16]
+    ident = digest({"format": FORMAT_VERSION, "name": name, "params": params or {}}, 16)
     return f"{safe}-{ident}-{source_fingerprint[:16]}"
 
 

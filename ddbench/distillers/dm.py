@@ -13,15 +13,17 @@ reference's own BN branch), the real side without a graph and in chunks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge, Gt, Interval
 
 from ddbench import hookimpl
 from ddbench.allocator import inference_chunk
-from ddbench.augment import diff_augment, resolve_strategy
+from ddbench.augment import Strategy, diff_augment, resolve_strategy
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
-from ddbench.distillers.random import init_synthetic, sample_per_class
+from ddbench.data.sampling import sample_per_class
+from ddbench.distillers.random import init_synthetic
 from ddbench.precision import Amp, autocast
 
 
@@ -29,17 +31,18 @@ class DM(Distiller):
     """Distribution matching: class-mean embeddings of random frozen ConvNets (Zhao & Bilen 2023)."""
 
     name = "dm"
+    paper_protocol = "dm"
 
     @dataclass
     class Params:
-        iterations: int = 20000
-        lr_img: float = 1.0
-        momentum: float = 0.5
-        batch_real: int = 256
+        iterations: Annotated[int, Ge(1)] = 20000
+        lr_img: Annotated[float, Gt(0)] = 1.0
+        momentum: Annotated[float, Interval(ge=0, le=1)] = 0.5
+        batch_real: Annotated[int, Ge(1)] = 256
         init: Literal["real", "noise"] = "real"
         dsa: bool = True
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
-        dsa_strategy: str = "auto"
+        dsa_strategy: Strategy = "auto"
         model: str = "convnet"
         #: "bf16": the network in bfloat16 autocast (faster, not the reference's numbers;
         #: see ``ddbench.precision``); "off" = float32 as the reference
@@ -57,8 +60,9 @@ class DM(Distiller):
         images, labels = init_synthetic(ctx, p.init, gen)
         strategy = resolve_strategy(p.dsa_strategy, data.dsa_strategy)
         opt = ctx.image_optimizer(images, p.lr_img, p.momentum)
+        resumable = {"images": images, "optimizer": opt, "generator": gen}
 
-        for it in range(p.iterations):
+        for it in range(ctx.resume(resumable), p.iterations):
             net = ctx.build_model(p.model).to(device)
             net.train()
             for q in net.parameters():
@@ -81,6 +85,7 @@ class DM(Distiller):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            ctx.checkpoint(it + 1, resumable)
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
 

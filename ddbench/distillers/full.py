@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
+
+from annotated_types import Ge
 
 from ddbench import hookimpl
 from ddbench.components import DistillContext, Distiller, SyntheticSet
@@ -21,7 +23,7 @@ class Full(Distiller):
     class Params:
         # Passes over the whole training set for evaluation. The protocol's 1000 passes are
         # meant for sets of a few hundred images; over 50,000 they would be absurd.
-        epochs: int = 300
+        epochs: Annotated[int, Ge(0)] = 300
 
     presets = {"small": {"epochs": 20}}
 

@@ -23,17 +23,19 @@ process compiles, see ``ddbench.compiling``); the synthetic side, differentiated
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 
 from ddbench import hookimpl
-from ddbench.augment import diff_augment, resolve_strategy, siamese_groups
+from ddbench.augment import Strategy, diff_augment, resolve_strategy, siamese_groups
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
-from ddbench.distillers.random import init_synthetic, sample_per_class
+from ddbench.data.sampling import sample_per_class
+from ddbench.distillers.random import init_synthetic
 from ddbench.precision import Amp, autocast
-from ddbench.protocol import train_epoch
+from ddbench.protocol import dsa, train_epoch
 
 #: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -113,23 +115,24 @@ class DC(Distiller):
     """Gradient matching (DC, Zhao et al. 2021): synthetic gradients match real ones per class."""
 
     name = "dc"
+    paper_protocol = "dc"
 
     @dataclass
     class Params:
-        iterations: int = 1000
-        lr_img: float = 0.1
-        momentum: float = 0.5
-        lr_net: float = 0.01
-        batch_real: int = 256
-        batch_train: int = 256
+        iterations: Annotated[int, Ge(1)] = 1000
+        lr_img: Annotated[float, Gt(0)] = 0.1
+        momentum: Annotated[float, Interval(ge=0, le=1)] = 0.5
+        lr_net: Annotated[float, Gt(0)] = 0.01
+        batch_real: Annotated[int, Ge(1)] = 256
+        batch_train: Annotated[int, Ge(1)] = 256
         init: Literal["noise", "real"] = "noise"
         dis_metric: Literal["ours", "mse", "cos"] = "ours"
         #: 0 = the reference schedule for the IPC (see ``loops_for``)
-        outer_loop: int = 0
-        inner_loop: int = 0
+        outer_loop: Annotated[int, Ge(0)] = 0
+        inner_loop: Annotated[int, Ge(0)] = 0
         dsa: bool = False
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
-        dsa_strategy: str = "auto"
+        dsa_strategy: Strategy = "auto"
         model: str = "convnet"
         #: "bf16": the network in bfloat16 autocast, matching and inner loop (faster, not the
         #: reference's numbers; see ``ddbench.precision``); "off" = float32 as the reference
@@ -148,8 +151,10 @@ class DC(Distiller):
         outer = p.outer_loop or ref_outer
         inner = p.inner_loop or ref_inner
         opt_img = ctx.image_optimizer(images, p.lr_img, p.momentum)
+        # the network and its optimiser are new every iteration: not part of the state
+        resumable = {"images": images, "optimizer": opt_img, "generator": gen}
 
-        for it in range(p.iterations):
+        for it in range(ctx.resume(resumable), p.iterations):
             net = ctx.build_model(p.model).to(device)
             net.train()
             fast = ctx.first_order(net)
@@ -174,7 +179,8 @@ class DC(Distiller):
                 with autocast(device, p.amp):
                     for _ in range(inner):  # the reference's epoch('train'), which unfreezes BN
                         train_epoch(fast, opt_net, images.detach(), labels, p.batch_train,
-                                    strategy if p.dsa else None, gen)
+                                    dsa(strategy if p.dsa else None), gen)
+            ctx.checkpoint(it + 1, resumable)
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu())
 
@@ -196,6 +202,7 @@ class DSA(DC):
     """DSA (Zhao & Bilen 2021): gradient matching with Siamese augmentation, real init."""
 
     name = "dsa"
+    paper_protocol = "dsa"
 
     @dataclass
     class Params(DC.Params):

@@ -24,15 +24,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 from torch.func import functional_call
 
 from ddbench import hookimpl
 from ddbench.allocator import glibc_defaults
-from ddbench.augment import diff_augment, resolve_strategy
+from ddbench.augment import Strategy, diff_augment, resolve_strategy
 from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
 from ddbench.distillers.random import init_synthetic
 from ddbench.errors import DDBenchError
@@ -183,39 +184,42 @@ class MTT(Distiller):
     """Trajectory matching (MTT, Cazenavette et al. 2022): unrolled student vs expert epochs."""
 
     name = "mtt"
+    paper_protocol = "mtt"
 
     @dataclass
     class Params:
-        iterations: int = 5000
-        syn_steps: int = 20
-        expert_epochs: int = 3
-        max_start_epoch: int = 25
-        lr_img: float = 1000.0
-        lr_lr: float = 1e-5
+        iterations: Annotated[int, Ge(1)] = 5000
+        syn_steps: Annotated[int, Ge(1)] = 20
+        expert_epochs: Annotated[int, Ge(1)] = 3
+        #: the start epoch is drawn from 0 .. max_start_epoch - 1
+        max_start_epoch: Annotated[int, Ge(1)] = 25
+        lr_img: Annotated[float, Gt(0)] = 1000.0
+        #: 0 = the synthetic lr stays at lr_teacher
+        lr_lr: Annotated[float, Ge(0)] = 1e-5
         #: initial synthetic lr (``distill.py --lr_teacher``)
-        lr_teacher: float = 0.01
-        momentum: float = 0.5
+        lr_teacher: Annotated[float, Gt(0)] = 0.01
+        momentum: Annotated[float, Interval(ge=0, le=1)] = 0.5
         #: real images per class handed to objectives (e.g. ``+mim``) at each iteration
-        batch_real: int = 256
+        batch_real: Annotated[int, Ge(1)] = 256
         #: 0 = all synthetic images per student step (the reference default)
-        batch_syn: int = 0
+        batch_syn: Annotated[int, Ge(0)] = 0
         init: Literal["real", "noise"] = "real"
         #: gradient through the unroll: "recompute" (exact, memory flat in syn_steps), "full"
         #: (the reference's whole graph), "tesla" (TESLA's approximation without cross-step terms)
         backprop: Literal["recompute", "full", "tesla"] = "recompute"
         dsa: bool = True
         #: "auto" = the dataset's default strategy (no flip for digit datasets)
-        dsa_strategy: str = "auto"
+        dsa_strategy: Strategy = "auto"
         model: str = "convnet"
         # the expert trajectories (``buffer.py``); these form the buffer's cache key
-        num_experts: int = 100
-        train_epochs: int = 50
-        expert_lr: float = 0.01
-        expert_momentum: float = 0.0
-        expert_weight_decay: float = 0.0
-        expert_batch: int = 256
+        num_experts: Annotated[int, Ge(1)] = 100
+        train_epochs: Annotated[int, Ge(1)] = 50
+        expert_lr: Annotated[float, Gt(0)] = 0.01
+        expert_momentum: Annotated[float, Interval(ge=0, le=1)] = 0.0
+        expert_weight_decay: Annotated[float, Ge(0)] = 0.0
+        expert_batch: Annotated[int, Ge(1)] = 256
         #: 0 = every training image; else at most this many per class
-        expert_images_per_class: int = 0
+        expert_images_per_class: Annotated[int, Ge(0)] = 0
         expert_seed: int = 0
 
     presets = {
@@ -266,12 +270,13 @@ class MTT(Distiller):
         student = Student(ctx.build_model(p.model).to(device))
         student.first_order = ctx.first_order(student)
         batch_syn = p.batch_syn or len(images)
-        order: list[int] = []
-        last_loss = None
-        for it in range(p.iterations):
-            if not order:
-                order = torch.randperm(p.num_experts, generator=gen).tolist()
-            expert = order.pop(0)
+        # the student is built before resuming: the global RNG it drew from is then restored
+        resumable = {"images": images, "optimizer": opt_img, "syn_lr": syn_lr, "lr_optimizer": opt_lr,
+                     "generator": gen, "order": [], "last_loss": None}
+        for it in range(ctx.resume(resumable), p.iterations):
+            if not resumable["order"]:  # the experts' shuffled order, left over from earlier iterations
+                resumable["order"] = torch.randperm(p.num_experts, generator=gen).tolist()
+            expert = resumable["order"].pop(0)
             start_epoch = int(torch.randint(0, p.max_start_epoch, (1,), generator=gen))
             start, target = (t.to(device) for t in buffer.read(expert, [start_epoch, start_epoch + p.expert_epochs]))
 
@@ -282,10 +287,11 @@ class MTT(Distiller):
                                   strategy, gen, loss_fn, p.backprop)
             opt_img.step()
             opt_lr.step()
-            last_loss = loss.item()
+            resumable["last_loss"] = loss.item()
+            ctx.checkpoint(it + 1, resumable)
             ctx.progress(it + 1, p.iterations)
         return SyntheticSet(images.detach().cpu(), labels.cpu(), lr=syn_lr.item(),
-                            meta={"final_loss": last_loss})
+                            meta={"final_loss": resumable["last_loss"]})
 
     def _loss(self, ctx: DistillContext, student: Student, images, labels, start, target, it: int,
               theta_n: torch.Tensor) -> torch.Tensor:

@@ -6,17 +6,7 @@ import torch
 
 from ddbench import hookimpl
 from ddbench.components import DistillContext, Distiller, SyntheticSet
-from ddbench.data.bundle import DataBundle
-
-
-def sample_per_class(data: DataBundle, n: int, generator: torch.Generator):
-    """``n`` random real images of every class (all of a class when it has fewer): (x, y)."""
-    images, labels = [], []
-    for c in range(data.num_classes):
-        x = data.sample_class(c, n, generator)
-        images.append(x)
-        labels.append(torch.full((len(x),), c, dtype=torch.long))
-    return torch.cat(images), torch.cat(labels)
+from ddbench.data.sampling import sample_per_class
 
 
 def sample_real(ctx: DistillContext, generator: torch.Generator) -> SyntheticSet:

@@ -14,8 +14,10 @@ import signal
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 
 from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
@@ -30,8 +32,8 @@ class LocalExecutor(Executor):
 
     @dataclass
     class Params:
-        jobs: int = field(default=1, metadata={"help": "worker processes (1: in this process)"})
-        threads: int = field(default=0, metadata={"help": "torch threads per worker (0: cores // jobs)"})
+        jobs: Annotated[int, Ge(1)] = field(default=1, metadata={"help": "worker processes (1: in this process)"})
+        threads: Annotated[int, Ge(0)] = field(default=0, metadata={"help": "torch threads per worker (0: cores // jobs)"})
 
     def __init__(self, params=None):
         super().__init__(params or self.Params())

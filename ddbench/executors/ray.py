@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from annotated_types import Ge, Gt
 
 from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
@@ -28,10 +31,12 @@ class RayExecutor(Executor):
     @dataclass
     class Params:
         address: str = field(default="", metadata={"help": "cluster address (empty: start Ray here)"})
-        jobs: int = field(default=0, metadata={"help": "tasks in flight at most (0: all)"})
-        num_cpus: float = field(default=1.0, metadata={"help": "CPUs per task (its torch threads)"})
-        num_gpus: float | None = field(default=None, metadata={"help": "GPUs per task (None: 1 on CUDA)"})
-        max_retries: int = field(default=0, metadata={"help": "Ray's retries of a task whose worker died"})
+        jobs: Annotated[int, Ge(0)] = field(default=0, metadata={"help": "tasks in flight at most (0: all)"})
+        num_cpus: Annotated[float, Gt(0)] = field(default=1.0, metadata={"help": "CPUs per task (its torch threads)"})
+        num_gpus: Annotated[float | None, Ge(0)] = field(
+            default=None, metadata={"help": "GPUs per task (None: 1 on CUDA)"})
+        max_retries: Annotated[int, Ge(0)] = field(
+            default=0, metadata={"help": "Ray's retries of a task whose worker died"})
 
     def __init__(self, params=None):
         super().__init__(params or self.Params())

@@ -15,7 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt
 
 from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
@@ -31,14 +33,15 @@ class SlurmExecutor(Executor):
     @dataclass
     class Params:
         partition: str = field(default="", metadata={"help": "Slurm partition (empty: the default)"})
-        timeout_min: int = field(default=60, metadata={"help": "time limit of each job, minutes"})
-        gpus_per_node: int | None = field(default=None, metadata={"help": "GPUs per job (None: 1 on CUDA)"})
-        cpus_per_task: int = field(default=1, metadata={"help": "CPUs per job (its torch threads)"})
-        mem_gb: int = field(default=0, metadata={"help": "memory per job (0: the partition's default)"})
-        jobs: int = field(default=0, metadata={"help": "jobs of the array running at once (0: no limit)"})
+        timeout_min: Annotated[int, Ge(1)] = field(default=60, metadata={"help": "time limit of each job, minutes"})
+        gpus_per_node: Annotated[int | None, Ge(0)] = field(
+            default=None, metadata={"help": "GPUs per job (None: 1 on CUDA)"})
+        cpus_per_task: Annotated[int, Ge(1)] = field(default=1, metadata={"help": "CPUs per job (its torch threads)"})
+        mem_gb: Annotated[int, Ge(0)] = field(default=0, metadata={"help": "memory per job (0: the partition's default)"})
+        jobs: Annotated[int, Ge(0)] = field(default=0, metadata={"help": "jobs of the array running at once (0: no limit)"})
         folder: str = field(default="", metadata={"help": "submitit folder (default: slurm/ beside the store)"})
         cluster: Literal["auto", "slurm", "local", "debug"] = "auto"
-        poll_s: float = field(default=2.0, metadata={"help": "seconds between checks of the jobs"})
+        poll_s: Annotated[float, Gt(0)] = field(default=2.0, metadata={"help": "seconds between checks of the jobs"})
 
     def __init__(self, params=None):
         super().__init__(params or self.Params())

@@ -7,7 +7,7 @@ task. ``loads`` puts them back through ``fetch``. Workers compute and return eve
 they never open the store or the progress display.
 
 Placement: a worker is told the device it owns (``cuda:i``, or None for "as the task
-says"); ``device_for`` is what ``runner.run_task`` asks. Threads: every worker sets its
+says"); ``device_for`` is what ``tasks.run_task`` asks. Threads: every worker sets its
 torch threads explicitly (``configure``), so the numbers do not depend on how many
 workers share the machine.
 """

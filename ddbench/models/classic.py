@@ -15,10 +15,11 @@ evaluation; like ConvNet they also serve as distillation models (``embed``, ``fe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from ddbench import hookimpl
@@ -140,7 +141,7 @@ class MLP(Model):
 
     @dataclass
     class Params:
-        width: int = 128
+        width: Annotated[int, Ge(1)] = 128
 
     def build(self, channels, num_classes, image_size):
         return MLPModule(channels, num_classes, image_size, self.params.width)

@@ -9,9 +9,10 @@ turns 28x28 MNIST into 32x32 maps (the reference's 28 -> 32 trick).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge
 from torch import nn
 
 from ddbench import hookimpl
@@ -96,8 +97,8 @@ class ConvNet(Model):
 
     @dataclass
     class Params:
-        width: int = 128
-        depth: int = 3
+        width: Annotated[int, Ge(1)] = 128
+        depth: Annotated[int, Ge(1)] = 3
         act: Literal["relu", "sigmoid", "leakyrelu", "swish"] = "relu"
         norm: Literal["instancenorm", "batchnorm", "layernorm", "groupnorm", "none"] = "instancenorm"
         pooling: Literal["avgpooling", "maxpooling", "none"] = "avgpooling"

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt
 from torch import nn
 
 from ddbench import hookimpl
@@ -36,22 +37,22 @@ HEAD_SALT = 4_004
 @dataclass
 class MIMParams:
     #: weight of L_MIM in L_DD + lambda * L_MIM (reviews: 0.8)
-    lambda_: float = 0.8
+    lambda_: Annotated[float, Ge(0)] = 0.8
     #: layer k of K weighs beta^-(K-1-k): the deepest 1 (reviews: 2.0)
-    beta: float = 2.0
+    beta: Annotated[float, Gt(0)] = 2.0
     #: critic temperature: d = cos / tau (CMIM 0.1, CRD 0.07)
-    tau: float = 0.1
+    tau: Annotated[float, Gt(0)] = 0.1
     #: a registered MI estimator: nce (CRD binary NCE), infonce, nwj, mine, jsd
     estimator: str = "nce"
     #: g_phi: linear + L2 norm (CRD/CMIM), a 2-layer MLP + L2 norm, or none (cosine of features)
     head: Literal["linear", "mlp", "none"] = "linear"
-    head_dim: int = 128
+    head_dim: Annotated[int, Ge(1)] = 128
     #: average-pool feature maps to at most pool x pool before the head (0 = flatten all)
-    pool: int = 4
+    pool: Annotated[int, Ge(0)] = 4
     #: the deepest ``layers`` blocks of the network (0 = all)
-    layers: int = 0
+    layers: Annotated[int, Ge(0)] = 0
     train_heads: bool = True
-    head_lr: float = 1e-3
+    head_lr: Annotated[float, Gt(0)] = 1e-3
 
 
 class Head(nn.Module):
@@ -91,6 +92,7 @@ class MIM(Objective):
         self._estimators: list = []
         self._opt: torch.optim.Optimizer | None = None
         self._last: dict[str, float] = {}
+        self._resumed: dict | None = None  # a checkpoint's state, loaded once the heads exist
 
     def setup(self, ctx: DistillContext) -> None:
         self._ctx = ctx
@@ -119,6 +121,31 @@ class MIM(Objective):
         else:
             self._heads.requires_grad_(False)
         self._estimators = [ctx.component("mi_estimators", p.estimator) for _ in syn_feats]
+        if self._resumed is not None:
+            self._restore(self._resumed, device)
+            self._resumed = None
+
+    def state_dict(self) -> dict:
+        """Heads, their Adam state, the gradients of the last backward (applied at the next
+        ``loss``: the one-step lag) and the estimators' running statistics."""
+        if self._heads is None:
+            return {}
+        return {"heads": self._heads, "opt": self._opt,
+                "grads": [q.grad for q in self._heads.parameters()],
+                "estimators": [e.state_dict() for e in self._estimators]}
+
+    def load_state_dict(self, state: dict) -> None:
+        # the heads are built at the first loss (their sizes come from the features)
+        self._resumed = state or None
+
+    def _restore(self, state: dict, device) -> None:
+        self._heads.load_state_dict(state["heads"])
+        for q, g in zip(self._heads.parameters(), state["grads"], strict=True):
+            q.grad = None if g is None else g.to(device)
+        if self._opt is not None:
+            self._opt.load_state_dict(state["opt"])
+        for est, s in zip(self._estimators, state["estimators"], strict=True):
+            est.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in s.items()})
 
     def loss(self, step: StepContext) -> torch.Tensor:
         p = self.params
@@ -128,9 +155,9 @@ class MIM(Objective):
             real_feats = real_net(step.real_images)
         first = len(syn_feats) - p.layers if 0 < p.layers <= len(syn_feats) else 0
         syn_feats, real_feats = syn_feats[first:], real_feats[first:]
-        if self._heads is None:
+        if self._heads is None:  # (a resumed run's heads come back with pending gradients)
             self._build(syn_feats, step.syn_images.device)
-        elif self._opt is not None:  # apply the gradient of the previous backward
+        if self._opt is not None:  # apply the gradient of the previous backward (none at first)
             self._opt.step()
             self._opt.zero_grad(set_to_none=True)
         positive = step.syn_labels[:, None] == step.real_labels[None, :]

@@ -7,8 +7,10 @@ trained on the real data (``features.train_features``); they differ only in the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 
 import ddbench
 from ddbench import DistillContext, Distiller, SyntheticSet
@@ -24,7 +26,7 @@ class CoresetDistiller(Distiller):
         #: the feature network; a param named `model` is resolved and built by ddbench
         model: str = "convnet"
         #: passes over the real training set before embedding (0: random-init features)
-        feature_epochs: int = 10
+        feature_epochs: Annotated[int, Ge(0)] = 10
 
     presets = {"small": {"feature_epochs": 1}}
 

@@ -1,0 +1,185 @@
+"""``ddbench run`` (the sweep, its dry run) and ``ddbench experts``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from ddbench import report, results
+from ddbench.cli.base import (
+    COMPILE_OPTION,
+    CONDITIONS_OPTION,
+    DATA_ROOT_OPTION,
+    DATASETS_OPTION,
+    DEVICE_OPTION,
+    DOWNLOAD_OPTION,
+    PRESET_OPTION,
+    SET_OPTION,
+    D,
+    cli,
+    registry,
+)
+from ddbench.cost_table import cost_table
+from ddbench.errors import DDBenchError
+from ddbench.plan import RunOptions, parse_int_list, prepare, split_list
+from ddbench.runner import RunSummary, build_experts, run
+from ddbench.store import Store
+
+
+@cli.command("run")
+@click.option("--methods", default=",".join(D.methods), show_default=True,
+              help="Comma list of method specs base[+objective...].")
+@DATASETS_OPTION
+@click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True, help="Images per class, comma list.")
+@click.option("--models", default=",".join(D.models), show_default=True, help="Evaluation models, comma list.")
+@click.option("--seeds", default=",".join(map(str, D.seeds)), show_default=True, help="Distillation seeds, comma list.")
+@CONDITIONS_OPTION
+@SET_OPTION
+@PRESET_OPTION
+@click.option("--store", default=str(D.store), show_default=True, help="SQLite file for results.")
+@DATA_ROOT_OPTION
+@DOWNLOAD_OPTION
+@DEVICE_OPTION
+@COMPILE_OPTION
+@click.option("--executor", default=D.executor, show_default=True,
+              help="Executor plugin: local, ray (pip install 'ddbench[ray]'), slurm ('ddbench[slurm]').")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Jobs at once: local worker processes [default: 1, in this process], "
+                   "Ray tasks in flight, Slurm array parallelism [default: no limit].")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster address (ray executor) [default: start Ray on this machine].")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=D.checkpoint_every, show_default=True,
+              metavar="N", help="Checkpoint a distillation every N iterations (0: by time only); "
+                                "the same command resumes it (checkpoints/ beside the store).")
+@click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=D.checkpoint_minutes,
+              show_default=True, metavar="M", help="Checkpoint every M minutes of wall time (0: by count only).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, store, data_root, download,
+            device, executor, jobs, address, checkpoint_every, checkpoint_minutes, dry_run, quiet):
+    """Run the cross-product methods × datasets × IPC × models × seeds × sweeps.
+
+    Exit status 0 when every cell of the run is stored ok, 1 when any failed (what
+    succeeded is stored; the failures are listed), 2 for bad input (nothing written)."""
+    options = RunOptions(
+        methods=split_list(methods, "--methods"),
+        datasets=split_list(datasets, "--datasets"),
+        ipcs=parse_int_list(ipc, "ipc", 1),
+        models=split_list(models, "--models"),
+        seeds=parse_int_list(seeds, "seed", 0),
+        conditions=split_list(conditions, "--conditions"), sets=list(sets), preset=preset, store=Path(store),
+        data_root=Path(data_root) if data_root else None, download=download,
+        device=device, executor=executor, jobs=jobs, address=address, dry_run=dry_run,
+        progress=not quiet, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+    )
+    reg = registry()
+    if dry_run:
+        _dry_run(options, reg)
+        return
+    argv = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
+    summary = run(options, reg, command=shlex.join(["ddbench", *argv]))
+    late = reg.late_params()
+    analysis = report.analyse(results.group(summary.rows, late, list(dict.fromkeys(j.label for j in summary.jobs))))
+    click.echo(report.render_text(analysis))
+    click.echo("\n" + report.significance_summary(analysis))
+    cost = cost_table(summary.synsets, late)
+    if cost:
+        click.echo(f"\ndistillation cost (seconds per iteration, wall and CPU seconds of a distillation, peak memory of the process or GPU)\n{cost}")
+    click.echo(f"\nstore: {options.store} (run {summary.run_id}; {summary.ran} evaluation(s) run, "
+               f"{summary.skipped} already stored, {summary.failed} failed)")
+    click.echo(f"synthetic sets and image grids: {Path(options.store).parent / 'artifacts'}")
+    if summary.failures:
+        _list_failures(summary)
+        sys.exit(1)
+
+
+def _list_failures(summary: RunSummary) -> None:
+    """One stderr line per failed job and error (its cells counted), then how to retry."""
+    groups: dict[tuple, list] = {}
+    for r in summary.failures:
+        groups.setdefault((r.method, r.dataset, r.conditions, r.ipc_label, r.seed, r.error), []).append(r)
+    for (method, dataset, conditions, ipc, seed, error), rows in groups.items():
+        cells = ", ".join(f"{r.model} #{r.eval_index}" for r in rows)
+        where = dataset if conditions in (None, "clean") else f"{dataset} [{conditions}]"
+        click.echo(f"failed: {method} {where} ipc={ipc} seed={seed} ({cells}): {error}", err=True)
+    click.echo(f"ddbench: {summary.failed} cell(s) failed; run the same command again to retry them", err=True)
+
+
+def _dry_run(options: RunOptions, registry) -> None:
+    prepared = prepare(options, registry)
+    for w in prepared.warnings:
+        click.echo(f"ddbench: warning: {w}", err=True)
+    done: set[str] = set()
+    if Path(options.store).exists():
+        st = Store(Path(options.store))
+        done = st.done_cells(c.key for j in prepared.jobs for c in j.cells)
+        st.close()
+    rows = []
+    status = {buf.key: buf.status() for _, buf in prepared.buffers()}
+    for job in prepared.jobs:
+        n_done = sum(c.key in done for c in job.cells)
+        models = sorted({c.model_label for c in job.cells})
+        buf = prepared.experts.get(job.key)
+        protocols = sorted({c.protocol.label for c in job.cells})
+        rows.append([job.label, job.dataset_label, job.ipc_label, job.seed, ",".join(models),
+                     ",".join(protocols), len(job.cells), n_done, status[buf.key] if buf else "-", job.key[:10]])
+    click.echo(tabulate(rows, headers=["method", "dataset", "ipc", "seed", "models", "protocol", "cells",
+                                       "stored", "experts", "key"], disable_numparse=True))
+    total = sum(len(j.cells) for j in prepared.jobs)
+    click.echo(f"\n{len(prepared.jobs)} synthetic set(s), {total} evaluation cell(s), "
+               f"{len(done)} already stored, {total - len(done)} to run "
+               f"(preset {options.preset}, device {prepared.device})")
+
+
+@cli.command("experts")
+@click.option("--methods", default="mtt", show_default=True,
+              help="Methods whose expert trajectories to build (those that use experts).")
+@DATASETS_OPTION
+@click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True,
+              help="IPC values (the paper preset's settings can depend on them).")
+@CONDITIONS_OPTION
+@SET_OPTION
+@PRESET_OPTION
+@DATA_ROOT_OPTION
+@DOWNLOAD_OPTION
+@DEVICE_OPTION
+@COMPILE_OPTION
+@click.option("--dry-run", is_flag=True, help="Show which buffers are present and which to build.")
+def experts_cmd(methods, datasets, ipc, conditions, sets, preset, data_root, download, device, dry_run):
+    """Train (or show) the expert trajectories that `ddbench run` with the same options needs.
+
+    Buffers are cached under the data root and shared by every run and method with the
+    same recipe; `ddbench run` also builds missing ones on demand.
+    """
+    from ddbench.allocator import tune_allocator
+
+    options = RunOptions(
+        methods=split_list(methods, "--methods"), datasets=split_list(datasets, "--datasets"),
+        ipcs=parse_int_list(ipc, "ipc", 1), seeds=[0], conditions=split_list(conditions, "--conditions"),
+        sets=list(sets), preset=preset,
+        data_root=Path(data_root) if data_root else None, download=download, device=device,
+    )
+    tune_allocator()
+    prepared = prepare(options, registry())
+    buffers = prepared.buffers()
+    if not buffers:
+        raise DDBenchError(f"none of the methods {', '.join(options.methods)} uses expert trajectories")
+    for job, buf in buffers:
+        r = buf.recipe
+        head = (f"{job.dataset_label} {r.model} x{r.num_experts}, {r.epochs} epochs, lr {r.lr}: "
+                f"{buf.status()}  {buf.folder}")
+        click.echo(head)
+        if not dry_run:
+            start = time.perf_counter()
+            def report(step, total, epochs=r.epochs, start=start):
+                if step % epochs == 0:
+                    click.echo(f"  expert {step // epochs}/{total // epochs} trained "
+                               f"({time.perf_counter() - start:.0f} s)")
+
+            trained = build_experts(prepared, job, report)
+            click.echo(f"  trained {trained} expert(s) in {time.perf_counter() - start:.1f} s")

@@ -1,0 +1,232 @@
+"""Preparing a run: every input parsed and checked, the data loaded, the plan built.
+
+``prepare`` does everything that can fail on bad input (components, parameters and their
+declared ranges, data, IPC, models, the executor's engine, expert recipes) before the
+runner writes anything; what it returns is all the runner needs to drive the jobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ddbench import params as P
+from ddbench.conditions import apply as apply_condition
+from ddbench.conditions import caps_ipc, is_seeded, parse_conditions
+from ddbench.data.bundle import DataBundle
+from ddbench.errors import DDBenchError
+from ddbench.experts import ExpertBuffer
+from ddbench.keys import params_json
+from ddbench.plan.jobs import Job, build_plan
+from ddbench.plan.parse import model_entry, parse_method, parse_sets
+from ddbench.plan.resolve import Resolved, Resolver
+from ddbench.registry import Registry
+
+DEFAULT_DATA_ROOT = "datasets"
+DATA_ENV = "DDBENCH_DATA"
+
+
+@dataclass
+class RunOptions:
+    """What the user asked for, as lists of specs; ``prepare`` parses and checks it."""
+
+    methods: list[str] = field(default_factory=lambda: ["random", "dm"])
+    datasets: list[str] = field(default_factory=lambda: ["digits"])
+    ipcs: list[int] = field(default_factory=lambda: [1, 10])
+    models: list[str] = field(default_factory=lambda: ["convnet"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    conditions: list[str] = field(default_factory=lambda: ["clean"])
+    sets: list[str] = field(default_factory=list)
+    preset: str = "small"
+    store: Path = Path("results/ddbench.sqlite")
+    data_root: Path | None = None
+    download: bool = False
+    device: str = "auto"
+    executor: str = "local"
+    #: ``--jobs`` and ``--address``: the executor's ``jobs`` and ``address`` parameters
+    jobs: int | None = None
+    address: str | None = None
+    dry_run: bool = False
+    progress: bool = True
+    #: checkpoint a distillation every N iterations and/or M minutes (0: not by that);
+    #: execution settings, in no result key (``ddbench.checkpoint``)
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
+
+
+def data_root(option: Path | None) -> Path:
+    """``--data-root``, then ``$DDBENCH_DATA``, then ``datasets/``."""
+    if option is not None:
+        return Path(option)
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_ROOT)
+
+
+def pick_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise DDBenchError(f"invalid device {text!r}; valid choices: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DDBenchError(f"device {text!r} requested but CUDA is not available; valid choices: auto, cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise DDBenchError(f"invalid device {text!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return dev
+
+
+@dataclass
+class Prepared:
+    """A checked plan with everything its jobs need: data bundles, device, expert buffers
+    (planned, not yet trained), the executor, and warnings for the user."""
+
+    jobs: list[Job]
+    bundles: dict[str, DataBundle]  # by job.dataset key (spec + params)
+    device: torch.device
+    warnings: list[str]
+    experts: dict[str, ExpertBuffer] = field(default_factory=dict)  # by job key, when needed
+    executor: Resolved | None = None
+
+    def bundle(self, job: Job) -> DataBundle:
+        return self.bundles[_bundle_key(job.dataset_spec, job.dataset, job.condition, job.seed)]
+
+    def buffers(self) -> list[tuple[Job, ExpertBuffer]]:
+        """Distinct expert buffers of the plan, each with the first job that needs it."""
+        seen: dict[str, tuple[Job, ExpertBuffer]] = {}
+        for job in self.jobs:
+            buf = self.experts.get(job.key)
+            if buf is not None and buf.key not in seen:
+                seen[buf.key] = (job, buf)
+        return list(seen.values())
+
+
+def _expert_buffers(prepared: Prepared, root: Path) -> None:
+    """The expert trajectories each job's distiller asks for (validates their recipe)."""
+    for job in prepared.jobs:
+        models = {n: r.params_dict() for n, r in job.distill_models.items()}
+        recipe = job.base.instance().expert_recipe(prepared.bundle(job), models)
+        if recipe is not None:
+            ident = {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
+                     "conditions": job.condition, "content": prepared.bundle(job).fingerprint()}
+            prepared.experts[job.key] = ExpertBuffer(root, ident, recipe)
+
+
+
+def _bundle_key(spec: str, resolved: Resolved, condition: str, seed: int) -> str:
+    """Bundles are per (dataset, condition), and per seed for seeded conditions (noise)."""
+    per_seed = f"/seed={seed}" if is_seeded(condition) else ""
+    return f"{spec}{params_json(resolved.params_dict())}/{condition}{per_seed}"
+
+
+def prepare(options: RunOptions, registry: Registry) -> Prepared:
+    """Everything that can fail on bad input, before anything is written."""
+    sets = parse_sets(options.sets)
+    resolver = Resolver(registry, options.preset, sets)
+    device = pick_device(options.device)
+    executor = _executor(options, resolver)
+    methods = [parse_method(m, registry) for m in options.methods]
+    for m in options.models:  # the cheap name checks first; resolver.models() resolves them
+        model_entry(registry, m)
+    # datasets: "name" or "name:arg", each possibly swept over its parameters
+    dataset_specs, dataset_res = [], []
+    for spec in options.datasets:
+        name, sep, arg = spec.partition(":")
+        entry = registry.get("datasets", name)
+        if entry.cls.takes_argument and not arg:
+            raise DDBenchError(f"dataset {name!r} needs an argument: {name}:VALUE (e.g. {name}:/path/to/data)")
+        if not entry.cls.takes_argument and sep:
+            raise DDBenchError(f"dataset {name!r} takes no argument; got {spec!r}")
+        for res in resolver.variants("datasets", name):
+            dataset_specs.append((spec, arg or None))
+            dataset_res.append(res)
+    conditions = parse_conditions(options.conditions)
+    jobs = build_plan(
+        registry, resolver, methods, dataset_res, dataset_specs,
+        options.ipcs, options.models, options.seeds, conditions,
+    )
+    warnings = resolver.check_unused()
+    # only now the (possibly slow) loading: every cheaper check has passed
+    root = data_root(options.data_root)
+    bundles = {}
+    for (spec, arg), res in zip(dataset_specs, dataset_res, strict=True):
+        loaded = res.instance().load(arg, root, options.download)
+        for condition, seed in itertools.product(conditions, options.seeds):
+            key = _bundle_key(spec, res, condition, seed)
+            if key not in bundles:  # unseeded conditions: one bundle for every seed
+                bundles[key] = apply_condition(loaded, condition, root, seed)
+    prepared = Prepared(jobs, bundles, device, warnings, executor=executor)
+    _check_ipcs(prepared)
+    _check_models(prepared)
+    _expert_buffers(prepared, root.absolute())  # workers may run elsewhere than this cwd
+    return prepared
+
+
+def _executor(options: RunOptions, resolver: Resolver) -> Resolved:
+    """The executor with its parameters (``--set NAME.P=V``, then ``--jobs``/``--address``),
+    checked to be usable (its optional engine installed)."""
+    res = resolver.single("executors", options.executor)
+    params = res.params
+    for option, value in (("jobs", options.jobs), ("address", options.address)):
+        if value is None:
+            continue
+        if params is None or not any(f.name == option for f in dataclasses.fields(params)):
+            raise DDBenchError(f"--{option} is not an option of executor {options.executor!r}")
+        params = dataclasses.replace(params, **{option: value})
+        P.validate(params, options.executor)
+    res = Resolved(res.entry, params)
+    res.instance().check()
+    return res
+
+
+def _check_ipcs(prepared: Prepared) -> None:
+    """Every IPC must fit the smallest class of its dataset, except under ``imbalance``,
+    where a class smaller than the IPC gets all its images (``DistillContext.class_ipcs``):
+    a warning says so."""
+    capped = set()
+    for job in prepared.jobs:
+        if job.ipc is None:
+            continue
+        bundle = prepared.bundle(job)
+        counts = bundle.class_counts()
+        smallest = min(counts)
+        cls = bundle.classes[counts.index(smallest)]
+        if job.ipc > smallest and caps_ipc(job.condition):
+            if (job.dataset_label, job.ipc) not in capped:
+                capped.add((job.dataset_label, job.ipc))
+                small = sum(n < job.ipc for n in counts)
+                prepared.warnings.append(
+                    f"ipc {job.ipc} exceeds {small} class(es) of {job.dataset_label} (smallest: {smallest} "
+                    f"training images of class {cls!r}); each such class gets all its images, not {job.ipc}")
+        elif job.ipc > smallest:
+            raise DDBenchError(
+                f"ipc {job.ipc} is larger than the smallest class of {job.dataset_spec} "
+                f"({smallest} training images of class {cls!r}); valid: 1..{smallest}"
+            )
+
+
+def _check_models(prepared: Prepared) -> None:
+    """Every model must build for its dataset's shape (e.g. ConvNet too deep for 8x8)."""
+    seen = set()
+    for job in prepared.jobs:
+        bundle = prepared.bundle(job)
+        models = [c.model for c in job.cells] + list(job.distill_models.values())
+        for res in models:
+            key = (res.label, params_json(res.params_dict()), job.dataset_spec)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                net = res.instance().build(bundle.channels, bundle.num_classes, bundle.image_size)
+                net.eval()
+                with torch.no_grad():  # a model can build and still fail on this input size
+                    net(torch.zeros(2, bundle.channels, *bundle.image_size))
+            except Exception as exc:
+                raise DDBenchError(
+                    f"model {res.label!r} cannot be built for {job.dataset_spec} "
+                    f"({bundle.channels}x{bundle.image_size[0]}x{bundle.image_size[1]}): {exc}"
+                ) from None
