@@ -3,6 +3,7 @@ from the store (pure functions of its rows and the registry)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -133,8 +134,11 @@ def compare_cmd(method_a, method_b, store, run_id, datasets, methods, ipc, model
 @click.option("--merge", is_flag=True,
               help="With --update: keep the BASELINE's cells and unit values that the selection lacks "
                    "(a baseline gathered over several runs; same protocol only).")
+@click.option("--dataset-as", "aliases", multiple=True, metavar="SPEC=NAME",
+              help="Compare our dataset SPEC as the baseline's NAME, e.g. imagefolder:data/cifar10=cifar10 "
+                   "(a local copy of a published dataset). Repeatable.")
 def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, conditions, tolerance, alpha, strict,
-              update, merge):
+              update, merge, aliases):
     """Check stored results against BASELINE cell by cell: exit 1 on a regression beyond the
     tolerance (one-sided test using both sides' spread and n), 0 otherwise. BASELINE is an own
     baseline (.json, from --update) or a table of published numbers (.csv)."""
@@ -150,7 +154,7 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
     st = _open_store(store)
     try:
         filters = _filters(run_id, datasets, methods, ipc, models, conditions)
-        rows = results.load_rows(st, filters)
+        rows = _renamed(results.load_rows(st, filters), aliases)
         tables = results.group(rows, registry().late_params())
         if update:
             old = baselines.load(path) if path.exists() else None
@@ -166,3 +170,20 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
     click.echo(checkmod.render(res, strict), nl=False)
     if res.failed(strict):
         sys.exit(1)
+
+
+def _renamed(rows, aliases: tuple[str, ...]):
+    """Rows with their dataset renamed by ``--dataset-as SPEC=NAME`` (nothing stored changes)."""
+    names = {}
+    for item in aliases:
+        spec, sep, name = item.rpartition("=")
+        if not sep or not spec.strip() or not name.strip():
+            raise DDBenchError(f"malformed --dataset-as {item!r}: expected SPEC=NAME, e.g. "
+                               "imagefolder:data/cifar10=cifar10")
+        names[spec.strip()] = name.strip()
+    stored = {r.dataset for r in rows}
+    for spec in names:
+        if spec not in stored:
+            raise DDBenchError(f"--dataset-as {spec!r}: no results of that dataset in the selection; "
+                               f"valid: {', '.join(sorted(stored)) or 'none'}")
+    return [dataclasses.replace(r, dataset=names.get(r.dataset, r.dataset)) for r in rows]
