@@ -24,6 +24,7 @@ from ddbench.cli.base import (
     cli,
     registry,
 )
+from ddbench.conditions import dataset_label
 from ddbench.cost_table import cost_table
 from ddbench.errors import DDBenchError
 from ddbench.plan import RunOptions, parse_int_list, prepare, split_list
@@ -105,8 +106,8 @@ def _list_failures(summary: RunSummary) -> None:
         groups.setdefault((r.method, r.dataset, r.conditions, r.ipc_label, r.seed, r.error), []).append(r)
     for (method, dataset, conditions, ipc, seed, error), rows in groups.items():
         cells = ", ".join(f"{r.model} #{r.eval_index}" for r in rows)
-        where = dataset if conditions in (None, "clean") else f"{dataset} [{conditions}]"
-        click.echo(f"failed: {method} {where} ipc={ipc} seed={seed} ({cells}): {error}", err=True)
+        click.echo(f"failed: {method} {dataset_label(dataset, conditions or 'clean')} ipc={ipc} seed={seed} "
+                   f"({cells}): {error}", err=True)
     click.echo(f"ddbench: {summary.failed} cell(s) failed; run the same command again to retry them", err=True)
 
 
