@@ -101,6 +101,11 @@ def test_check_compares_a_published_number_with_its_protocol_only(ddb, tmp_path)
     csv.write_text(head + f"random,digits,clean,1,convnet,{by_protocol['dc-eval/v1']:.2f},0.1,5,hard,\n")
     res = ddb("check", str(csv), "--store", str(store))
     assert res.code == 2 and "two protocols" in res.err
+    # a local copy compared under the published name; a bad alias is a one-line error
+    res = ddb("check", str(csv), "--store", str(store), "--dataset-as", "digits")
+    assert res.code == 2 and "malformed --dataset-as 'digits'" in res.err
+    res = ddb("check", str(csv), "--store", str(store), "--dataset-as", "mnist=cifar10")
+    assert res.code == 2 and "--dataset-as 'mnist'" in res.err and "valid: digits" in res.err
 
 
 def test_bad_protocol_values_are_one_line_errors(ddb, tmp_path):
