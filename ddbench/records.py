@@ -66,8 +66,17 @@ class Record:
         return json.loads(getattr(self, name) or "{}")
 
 
+class Outcome(Record):
+    """A record of work that succeeded or failed (an evaluation, a distillation): its
+    dataclass has a ``status`` field, "ok" or "failed"."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
 @dataclass
-class ResultRow(Record):
+class ResultRow(Outcome):
     """One evaluation: a model trained with a protocol on a synthetic set, tested."""
 
     table = "results"
@@ -102,16 +111,12 @@ class ResultRow(Record):
     worker: str | None = None  # host:pid
 
     @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
     def ipc_label(self) -> str:
         return "all" if self.ipc is None else str(self.ipc)
 
 
 @dataclass
-class SynsetRow(Record):
+class SynsetRow(Outcome):
     """One synthetic set: what was distilled, how long it took, where its files are."""
 
     table = "synsets"
@@ -140,10 +145,6 @@ class SynsetRow(Record):
     worker: str | None = None
     #: the dataset's class count (the cost table shows it; None in rows stored before)
     num_classes: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 @dataclass
