@@ -26,13 +26,13 @@ def save_synset(path: Path, synset: SyntheticSet, info: dict) -> None:
         "epochs": json.dumps(synset.epochs),
         "meta": json.dumps(synset.meta, default=str),
     }
+    tensors = {"images": synset.images.detach().float().cpu().contiguous(),
+               "labels": synset.labels.cpu().contiguous()}
+    if synset.soft_labels is not None:
+        tensors["soft_labels"] = synset.soft_labels.detach().float().cpu().contiguous()
+        meta["soft_kind"] = synset.soft_kind
     tmp = path.with_suffix(".tmp")
-    save_file(
-        {"images": synset.images.detach().float().cpu().contiguous(),
-         "labels": synset.labels.cpu().contiguous()},
-        str(tmp),
-        metadata=meta,
-    )
+    save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
@@ -59,6 +59,8 @@ def load_synset(path: Path) -> SyntheticSet:
         lr=json.loads(meta.get("lr", "null")),
         epochs=json.loads(meta.get("epochs", "null")),
         meta=json.loads(meta.get("meta", "{}")),
+        soft_labels=tensors.get("soft_labels"),
+        soft_kind=meta.get("soft_kind", "probs"),
     )
 
 

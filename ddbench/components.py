@@ -59,11 +59,18 @@ class Component:
 @dataclass
 class SyntheticSet:
     """What a distiller returns: images in the bundle's normalised space, hard labels, and
-    optionally a learned learning rate that the evaluation protocol then uses."""
+    optionally a learned learning rate and soft labels that the evaluation protocol uses.
+
+    ``soft_labels`` (N x classes) are per-image class distributions (``soft_kind="probs"``,
+    rows summing to 1) or logits (``"logits"``, tempered by the protocol's temperature);
+    ``labels`` stays the hard label of each image (the argmax, or the class it was made
+    for). A protocol with ``eval.labels=soft`` trains on them, ``hard`` on ``labels``."""
 
     images: torch.Tensor
     labels: torch.Tensor
     lr: float | None = None
+    soft_labels: torch.Tensor | None = None
+    soft_kind: str = "probs"
     #: passes over the set for evaluation when the set is not tiny (``full``); None = protocol's
     epochs: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +98,23 @@ class SyntheticSet:
             raise bad("images contain NaN or inf")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise bad(f"learned lr {self.lr} is not a positive number")
+        if self.soft_labels is not None:
+            check_soft_labels(self.soft_labels, self.soft_kind, len(x), data.num_classes, bad)
+
+
+def check_soft_labels(soft, kind: str, n: int, num_classes: int, bad) -> None:
+    """Soft labels must be finite float (n, classes); probabilities non-negative rows
+    summing to 1 (within 1e-3). ``bad(message)`` makes the error to raise."""
+    if kind not in ("probs", "logits"):
+        raise bad(f"soft_kind {kind!r}; valid choices: probs, logits")
+    if not isinstance(soft, torch.Tensor) or not soft.is_floating_point():
+        raise bad("soft labels must be a floating tensor")
+    if tuple(soft.shape) != (n, num_classes):
+        raise bad(f"soft labels have shape {tuple(soft.shape)}, expected ({n}, {num_classes})")
+    if not torch.isfinite(soft).all():
+        raise bad("soft labels contain NaN or inf")
+    if kind == "probs" and n and (float(soft.min()) < 0 or float((soft.sum(1) - 1).abs().max()) > 1e-3):
+        raise bad("soft labels given as probabilities must be non-negative rows summing to 1 (or say soft_kind=logits)")
 
 
 @dataclass
@@ -267,6 +291,11 @@ class Distiller(Component):
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
         raise NotImplementedError(f"{type(self).__name__}.distill")
+
+    def gives_soft_labels(self) -> bool:
+        """Whether the sets it returns carry soft labels (``SyntheticSet.soft_labels``): then
+        ``eval.labels=soft`` trains on them and plans no teacher for this method."""
+        return False
 
     def expert_recipe(self, data: DataBundle, models: dict[str, dict[str, Any]]) -> ExpertRecipe | None:
         """Expert trajectories this distiller needs (MTT), given the parameters of the models

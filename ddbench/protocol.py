@@ -27,6 +27,7 @@ from annotated_types import Ge, Gt, Interval
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.modules.dropout import _DropoutNd
 
+from ddbench import labels
 from ddbench.allocator import inference_chunk
 from ddbench.augment import Strategy, diff_augment, resolve_strategy
 from ddbench.compiling import first_order
@@ -67,6 +68,15 @@ class ProtocolParams:
     #: DC's augmentation when ``dsa`` is off (``ddbench.dc_augment``): "off", "auto" (the
     #: reference's choice for the dataset and model, resolved at planning) or a strategy
     dc_aug: Annotated[str, Check(_dc_aug_ok, "off, auto, none or ops joined by '_' from " + ", ".join(DC_OPS))] = "off"
+    #: what the networks learn (``ddbench.labels``): "hard" labels, the set's "soft" labels
+    #: (a teacher's for a set without), or a "teacher"'s on every augmented batch
+    labels: Literal["hard", "soft", "teacher"] = "hard"
+    #: soft-label loss: "kl" (KL divergence) or "sce" (soft cross-entropy), DD-Ranking's
+    soft_loss: Literal["kl", "sce"] = "kl"
+    temperature: Annotated[float, Gt(0)] = 1.0
+    #: the teacher (``ddbench.teacher``): a registered model, trained on the real split
+    teacher: str = "convnet"
+    teacher_epochs: Annotated[int, Ge(1)] = 50
 
     def batches_on(self, device: torch.device) -> bool:
         return self.batched == "on" or (self.batched == "auto" and device.type == "cuda")
@@ -76,7 +86,9 @@ class ProtocolParams:
 _NOT_RECIPE = ("num_eval", "batched")
 #: parameters added after results were stored -> the value that reproduces the earlier
 #: protocol: left out of the stored parameters and the hash at that value
-_LATE = {"dc_aug": "off"}
+_LATE = {"dc_aug": "off", "labels": "hard"}
+#: parameters that matter only with soft or teacher labels: left out under hard labels
+_SOFT_ONLY = ("soft_loss", "temperature", "teacher", "teacher_epochs")
 
 
 #: preset -> overrides of the defaults above: "paper" evaluates each method under its own
@@ -95,11 +107,15 @@ class Protocol:
 
     @property
     def label(self) -> str:
-        return f"{self.name}/v{self.version}"
+        """``name/vN``, and ``+soft``/``+teacher`` when not trained on hard labels: tables
+        keep label modes apart, as they do protocols."""
+        mode = self.params.labels
+        return f"{self.name}/v{self.version}" + ("" if mode == "hard" else f"+{mode}")
 
     def as_dict(self) -> dict:
+        hard = self.params.labels == "hard"
         params = {k: v for k, v in dataclasses.asdict(self.params).items()
-                  if k != "protocol" and not (k in _LATE and _LATE[k] == v)}
+                  if k != "protocol" and not (k in _LATE and _LATE[k] == v) and not (hard and k in _SOFT_ONLY)}
         return {"name": self.name, "version": self.version, **params}
 
     @property
@@ -116,20 +132,23 @@ def evaluate(
     seed: int,
     device: torch.device,
     progress=lambda step, total: None,
+    teacher: torch.nn.Module | None = None,
 ) -> float:
-    """Train ``net`` (freshly initialised) on ``synset``; return test accuracy in [0, 1]."""
+    """Train ``net`` (freshly initialised) on ``synset``; return test accuracy in [0, 1].
+    ``teacher``: the network behind soft/teacher labels (``ddbench.labels``)."""
     p = protocol.params
     gen = _generator(seed)
     augment = augmenter(p, data)
     x = synset.images.detach().to(device)
-    y = synset.labels.to(device)
+    y, relabel = labels.training_targets(synset, p, x, teacher)
+    loss_fn = labels.loss_fn(p)
     epochs, lr = _schedule(synset, p)
     net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay)
     decay_at = epochs // 2 + 1
     fast = first_order(net, device, data.image_size)
     for ep in range(epochs + 1):
-        loss = train_epoch(fast, opt, x, y, p.batch, augment, gen)
+        loss = train_epoch(fast, opt, x, y, p.batch, augment, gen, loss_fn, relabel)
         if ep == decay_at:
             lr *= 0.1
             opt = torch.optim.SGD(
@@ -172,9 +191,11 @@ def dsa(strategy: str | None):
     return lambda xb, gen: diff_augment(xb, strategy, generator=gen)
 
 
-def train_epoch(net, opt, x, y, batch: int, augment, gen) -> torch.Tensor:
+def train_epoch(net, opt, x, y, batch: int, augment, gen, loss_fn=F.cross_entropy, relabel=None) -> torch.Tensor:
     """The reference ``epoch('train', ...)``: one shuffled pass; ``augment(batch, gen)``
-    (``dsa(strategy)``, DC's augmentation, or None) on every batch."""
+    (``dsa(strategy)``, DC's augmentation, or None) on every batch. ``y`` holds hard labels
+    or soft-label logits for ``loss_fn``; ``relabel(augmented batch)`` replaces them
+    (teacher labels)."""
     net.train()
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     for start in range(0, len(x), batch):
@@ -182,7 +203,8 @@ def train_epoch(net, opt, x, y, batch: int, augment, gen) -> torch.Tensor:
         xb = x[idx]
         if augment is not None:
             xb = augment(xb, gen)
-        loss = F.cross_entropy(net(xb), y[idx])
+        target = y[idx] if relabel is None else relabel(xb)
+        loss = loss_fn(net(xb), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -228,6 +250,7 @@ def evaluate_many(
     seeds: list[int],
     device: torch.device,
     progress=lambda step, total: None,
+    teacher: torch.nn.Module | None = None,
 ) -> list[float]:
     """``[evaluate(net, ..., seed) for net, seed in zip(nets, seeds)]``, trained together.
 
@@ -235,13 +258,14 @@ def evaluate_many(
     ``evaluate``'s order, so it sees exactly the batches it would see alone; the parameters
     are stacked and trained with one vmapped forward and backward per batch and
     ``torch.optim.SGD``'s update. Accuracies match ``evaluate`` up to float rounding. Nets
-    that are not ``batchable`` (BatchNorm, dropout) are evaluated one after another. The nets
-    are trained in place, as by ``evaluate``. ``progress`` counts the group's passes.
+    that are not ``batchable`` (BatchNorm, dropout), and soft- or teacher-label training, are
+    evaluated one after another. The nets are trained in place, as by ``evaluate``.
+    ``progress`` counts the group's passes.
     """
     if len(nets) != len(seeds):
         raise ValueError(f"{len(nets)} networks but {len(seeds)} seeds")
-    if not _stackable(nets):
-        return _one_by_one(nets, synset, data, protocol, seeds, device, progress)
+    if not _stackable(nets) or protocol.params.labels != "hard":
+        return _one_by_one(nets, synset, data, protocol, seeds, device, progress, teacher)
     p = protocol.params
     stack = _Stack([net.to(device) for net in nets])
     epochs, lr = _schedule(synset, p)
@@ -260,14 +284,14 @@ def evaluate_many(
     return _test_accuracies(stack, data, device)
 
 
-def _one_by_one(nets, synset, data, protocol, seeds, device, progress) -> list[float]:
+def _one_by_one(nets, synset, data, protocol, seeds, device, progress, teacher=None) -> list[float]:
     """The fallback: ``evaluate`` per net, with one progress count over all of them."""
     out = []
     for i, (net, seed) in enumerate(zip(nets, seeds, strict=True)):
         def step(done, total, i=i):
             progress(i * total + done, len(nets) * total)
 
-        out.append(evaluate(net, synset, data, protocol, seed, device, progress=step))
+        out.append(evaluate(net, synset, data, protocol, seed, device, progress=step, teacher=teacher))
     return out
 
 

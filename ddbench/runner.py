@@ -112,6 +112,18 @@ def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummar
         store.close()
 
 
+def _build_teachers(teachers, data, device, prog, job) -> None:
+    """Train the missing teachers in the driver, before the job is handed to a worker
+    (workers only load them: no two train the same one)."""
+    for teacher in teachers:
+        if teacher.present():
+            continue
+        if prog:
+            prog.start(f"teacher {teacher.label} for {job.dataset_label}")
+        teacher.build(data, device, reporter(prog, "train teacher"))
+        print(f"ddbench: trained teacher {teacher.label} on {job.dataset_label} ({teacher.path})", file=sys.stderr)
+
+
 def checkpoints(options: RunOptions) -> checkpoint.CheckpointPolicy:
     """Checkpoints live beside the store (``checkpoints/<job key>.safetensors``), by absolute
     path: workers on this machine or on a shared file system find them from any cwd."""
@@ -146,9 +158,11 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
             if trained:
                 print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_label} "
                       f"(cached in {buf.folder})", file=sys.stderr)
+        teachers = prepared.teachers.get(job.key, {})
+        _build_teachers(teachers.values(), prepared.bundle(job), device, prog, job)
         # workers never see the progress display: the driver follows their events instead
         tasks.append(Task(job, pending, stored, seconds, prepared.bundle(job), device,
-                          prog if executor.in_process else None, buf, policy))
+                          prog if executor.in_process else None, buf, policy, teachers))
     ran, failures = 0, []
     status = "interrupted"
     reported: dict[int, set[str]] = {}  # id(task) -> keys of its cells stored by this run

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,7 @@ from ddbench.plan import Cell, Job
 from ddbench.progress import Progress
 from ddbench.protocol import evaluate_many
 from ddbench.records import Cost, ResultEvent, SynsetEvent, failed_event
+from ddbench.teacher import Teacher
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Task:
     experts: ExpertBuffer | None = None
     #: where and how often the distillation checkpoints (a folder the workers can reach)
     checkpoint: CheckpointPolicy | None = None
+    #: protocol hash -> the (trained, cached) teacher of soft/teacher-label cells
+    teachers: dict[str, Teacher] = field(default_factory=dict)
 
 
 def run_task(task: Task) -> Iterator[SynsetEvent | ResultEvent]:
@@ -111,7 +114,8 @@ def run_task(task: Task) -> Iterator[SynsetEvent | ResultEvent]:
                 yield failed_event(cell, f"distillation failed: {error}", Cost(**where))
             return
     for cells in eval_groups(task.pending, device):
-        yield from _evaluate_group(cells, synset, data, device, prog, distill_seconds, where)
+        teacher = task.teachers.get(cells[0].protocol.hash)
+        yield from _evaluate_group(cells, synset, data, device, prog, distill_seconds, where, teacher)
 
 
 def eval_groups(cells: list[Cell], device: torch.device) -> list[list[Cell]]:
@@ -126,7 +130,7 @@ def eval_groups(cells: list[Cell], device: torch.device) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def _evaluate_group(cells, synset, data, device, prog, distill_seconds, where) -> Iterator[ResultEvent]:
+def _evaluate_group(cells, synset, data, device, prog, distill_seconds, where, teacher=None) -> Iterator[ResultEvent]:
     """One event per cell. The group is timed as one piece of work: its wall and CPU seconds
     are split evenly over its cells, and each cell gets the group's peak memory. Any error
     (a diverged network included) fails every cell of the group with its text."""
@@ -134,12 +138,13 @@ def _evaluate_group(cells, synset, data, device, prog, distill_seconds, where) -
     label = f"eval {first.model.label} #" + ",".join(str(c.eval_index) for c in cells)
     try:
         with measure(device) as cost:
+            teacher_net = None if teacher is None else teacher.load(data, device)
             nets = []
             for cell in cells:  # each net initialised from its own seed, as when run alone
                 torch.manual_seed(cell.seed)
                 nets.append(cell.model.instance().build(data.channels, data.num_classes, data.image_size))
             accs = evaluate_many(nets, synset, data, first.protocol, [c.seed for c in cells], device,
-                                 progress=reporter(prog, label))
+                                 progress=reporter(prog, label), teacher=teacher_net)
         outcomes = [("ok", None, acc) for acc in accs]
     except Exception as exc:
         outcomes = [("failed", _error_text(exc), None)] * len(cells)

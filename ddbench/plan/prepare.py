@@ -20,12 +20,14 @@ from ddbench.conditions import apply as apply_condition
 from ddbench.conditions import caps_ipc, is_seeded, parse_conditions
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
+from ddbench.augment import resolve_strategy
 from ddbench.experts import ExpertBuffer
 from ddbench.keys import params_json
 from ddbench.plan.jobs import Job, build_plan
 from ddbench.plan.parse import model_entry, parse_method, parse_sets
 from ddbench.plan.resolve import Resolved, Resolver
 from ddbench.registry import Registry
+from ddbench.teacher import Teacher, TeacherRecipe
 
 DEFAULT_DATA_ROOT = "datasets"
 DATA_ENV = "DDBENCH_DATA"
@@ -91,6 +93,8 @@ class Prepared:
     warnings: list[str]
     experts: dict[str, ExpertBuffer] = field(default_factory=dict)  # by job key, when needed
     executor: Resolved | None = None
+    #: job key -> protocol hash -> the teacher its soft/teacher-label cells need
+    teachers: dict[str, dict[str, Teacher]] = field(default_factory=dict)
 
     def bundle(self, job: Job) -> DataBundle:
         return self.bundles[_bundle_key(job.dataset_spec, job.dataset, job.condition, job.seed)]
@@ -105,15 +109,52 @@ class Prepared:
         return list(seen.values())
 
 
+    def distinct_teachers(self) -> list[tuple[Job, Teacher]]:
+        """Distinct teachers of the plan, each with the first job that needs it."""
+        seen: dict[str, tuple[Job, Teacher]] = {}
+        for job in self.jobs:
+            for t in self.teachers.get(job.key, {}).values():
+                seen.setdefault(t.key, (job, t))
+        return list(seen.values())
+
+
+def _dataset_identity(prepared: Prepared, job: Job) -> dict:
+    return {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
+            "conditions": job.condition, "content": prepared.bundle(job).fingerprint()}
+
+
+def _check_teachers(jobs: list[Job], registry: Registry) -> None:
+    """Teacher names of soft/teacher-label protocols must be registered models (cheap, early)."""
+    for job in jobs:
+        for cell in job.cells:
+            if cell.protocol.params.labels != "hard":
+                registry.get("models", cell.protocol.params.teacher)
+
+
+def _teachers(prepared: Prepared, resolver: Resolver, root: Path) -> None:
+    """The teacher each soft/teacher-label cell needs; none for soft labels of a method
+    whose sets carry their own (``Distiller.gives_soft_labels``)."""
+    for job in prepared.jobs:
+        own_soft = job.base.instance().gives_soft_labels()
+        for cell in job.cells:
+            p = cell.protocol.params
+            if p.labels == "hard" or (p.labels == "soft" and own_soft):
+                continue
+            model = resolver.single("models", p.teacher)
+            bundle = prepared.bundle(job)
+            strategy = resolve_strategy(p.dsa_strategy, bundle.dsa_strategy) if p.dsa else None
+            recipe = TeacherRecipe(p.teacher, params_json(model.params_dict()), p.teacher_epochs, strategy)
+            teacher = Teacher(root, _dataset_identity(prepared, job), recipe, model)
+            prepared.teachers.setdefault(job.key, {})[cell.protocol.hash] = teacher
+
+
 def _expert_buffers(prepared: Prepared, root: Path) -> None:
     """The expert trajectories each job's distiller asks for (validates their recipe)."""
     for job in prepared.jobs:
         models = {n: r.params_dict() for n, r in job.distill_models.items()}
         recipe = job.base.instance().expert_recipe(prepared.bundle(job), models)
         if recipe is not None:
-            ident = {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
-                     "conditions": job.condition, "content": prepared.bundle(job).fingerprint()}
-            prepared.experts[job.key] = ExpertBuffer(root, ident, recipe)
+            prepared.experts[job.key] = ExpertBuffer(root, _dataset_identity(prepared, job), recipe)
 
 
 
@@ -150,6 +191,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
         options.ipcs, options.models, options.seeds, conditions,
     )
     warnings = resolver.check_unused()
+    _check_teachers(jobs, registry)
     # only now the (possibly slow) loading: every cheaper check has passed
     root = data_root(options.data_root)
     bundles = {}
@@ -163,6 +205,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     _check_ipcs(prepared)
     _check_models(prepared)
     _expert_buffers(prepared, root.absolute())  # workers may run elsewhere than this cwd
+    _teachers(prepared, resolver, root.absolute())
     return prepared
 
 
