@@ -82,6 +82,9 @@ def samples(tables: list[Table], baseline: Baseline) -> dict[Key, tuple[Sample, 
                 base = baseline.cells.get(key)
                 if base is not None and base.protocol and t.protocol.split("/")[0] != base.protocol:
                     continue  # a published number is compared with results of its protocol only
+                if want is None and base is not None and \
+                        (base.labels == "soft") != (t.protocol_params.get("labels", "hard") != "hard"):
+                    continue  # and soft-label numbers with soft- or teacher-label results only
                 if key in out:
                     other = out[key][1]
                     raise DDBenchError(f"{key.short()} has results under two protocols/environments "

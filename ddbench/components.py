@@ -38,6 +38,9 @@ class Component:
     #: behaviour: at that value they are left out of result keys and stored parameters, so
     #: that stored results still match (e.g. ``{"amp": "off"}``)
     late_params: ClassVar[dict[str, Any]] = {}
+    #: parameters that say where an input is rather than what it is (a file's path, keyed
+    #: by its content hash instead): stored and shown, never part of a result key
+    locators: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params=None):
         self.params = params
@@ -291,6 +294,24 @@ class Distiller(Component):
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
         raise NotImplementedError(f"{type(self).__name__}.distill")
+
+    #: the parameter a ``name:ARG`` method spec sets (``file:PATH``); None = takes no argument
+    argument: ClassVar[str | None] = None
+
+    @classmethod
+    def with_argument(cls, resolved, arg: str, spec: str):
+        """``resolved`` (a ``ddbench.plan.Resolved``) with the spec's argument applied; a
+        distiller with an ``argument`` overrides it (e.g. to add a content hash)."""
+        import dataclasses
+
+        return dataclasses.replace(resolved, params=dataclasses.replace(resolved.params, **{cls.argument: arg}),
+                                   spec=spec)
+
+    @classmethod
+    def own_ipc(cls, arg: str) -> int | None:
+        """The IPC a ``name:ARG`` method is planned at instead of ``--ipc`` (a file's own);
+        None = ``--ipc``."""
+        return None
 
     def gives_soft_labels(self) -> bool:
         """Whether the sets it returns carry soft labels (``SyntheticSet.soft_labels``): then

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = (
     "ddbench.distillers.gradient_matching",
     "ddbench.distillers.mtt",
     "ddbench.distillers.mim",
+    "ddbench.distillers.file",
     "ddbench.objectives.mim",
     "ddbench.mi",
     "ddbench.models.convnet",

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from tabulate import tabulate
 
-from ddbench import stats
+from ddbench import scores, stats
 from ddbench.results import SEED, CellId, Table
 
 ALPHA = stats.ALPHA
@@ -30,6 +30,8 @@ class Analysis:
     comparisons: list[stats.Comparison] = field(default_factory=list)  # .cell = (table index, CellId)
     ranks: dict[int, stats.RankTest] = field(default_factory=dict)  # table index -> test
     against: str | None = None
+    #: DD-Ranking's scores (``ddbench.scores``) where the tables hold the cells they need
+    scores: list = field(default_factory=list)
     #: per (table index, cell): the method with the best mean, and those significantly below it
     _best: dict[tuple, str] = field(default_factory=dict)
     _below: dict[tuple, set[str]] = field(default_factory=dict)
@@ -65,8 +67,9 @@ def restrict(tables: list[Table], methods: list[str]) -> list[Table]:
     return out
 
 
-def analyse(tables: list[Table], against: str | None = None) -> Analysis:
-    an = Analysis(tables, against=against)
+def analyse(tables: list[Table], against: str | None = None, lrs_weight: float = 0.5,
+            ars_weight: float = 0.5) -> Analysis:
+    an = Analysis(tables, against=against, scores=scores.compute(tables, lrs_weight, ars_weight))
     for ti, table in enumerate(tables):
         for cell in table.sorted_cells():
             samples = {m: s for m, s in table.cells[cell].items() if s.values}
@@ -189,6 +192,8 @@ def render_text(an: Analysis, tablefmt: str = "simple") -> str:
                      + "\n\n" + _footer(an, ti, ("*", "†")))
         if ti in an.ranks:
             parts.append(rank_text(an.ranks[ti]))
+    if an.scores:
+        parts.append(scores.render(an.scores))
     return "\n\n".join(parts)
 
 
@@ -291,7 +296,8 @@ def render_json(an: Analysis) -> str:
            "tables": [{"protocol": t.protocol, "protocol_hash": t.protocol_hash,
                        "protocol_params": t.protocol_params, "env": t.env, "methods": t.methods}
                       for t in an.tables],
-           "cells": _cell_records(an), "comparisons": comps, "rank_tests": ranks}
+           "cells": _cell_records(an), "comparisons": comps, "rank_tests": ranks,
+           "scores": [asdict(s) for s in an.scores]}
     return json.dumps(_nan_to_none(doc), indent=2, sort_keys=False) + "\n"
 
 

@@ -105,6 +105,8 @@ def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummar
     prepared = prepare(options, registry)
     for w in prepared.warnings:
         print(f"ddbench: warning: {w}", file=sys.stderr)
+    for n in prepared.notes:
+        print(f"ddbench: {n}", file=sys.stderr)
     store = Store(Path(options.store))
     try:
         return _execute(options, registry, prepared, store, command)

@@ -228,10 +228,11 @@ def test_published_numbers_unverified_rows_never_fail(ddb, tmp_path):
     r = ddb("check", str(csv_path), "--store", str(store))
     lines = {ln.split()[0]: ln for ln in r.out.splitlines() if ln[:2] in ("a ", "b ", "c ")}
     assert "below (unverified)" in lines["a"] and "(unverified) (unverified)" not in lines["a"]
-    assert "REGRESSION (soft labels)" in lines["b"]
+    # a soft-label number is never compared with hard-label results: b has no results to compare
+    assert "b" not in lines and "b digits/ipc1/convnet" in r.out
     assert lines["c"].rstrip().endswith("ok") and "(n=?)" in lines["c"]
     assert "baseline n assumed 5" in r.out and "0.5 pp" in r.out
-    assert r.code == 1 and "FAILED: 1 regression(s)" in r.out
+    assert r.code == 0 and "PASSED: 2 cell(s)" in r.out
 
 
 def test_the_published_table_holds_the_reference_numbers():

@@ -46,7 +46,7 @@ def test_builtins_register_through_the_hooks():
 
 def test_unknown_component_lists_valid_choices():
     reg = load_registry()
-    with pytest.raises(DDBenchError, match=r"unknown distiller 'nope'; valid choices: dc, dm, dsa, full, mim, mtt, random"):
+    with pytest.raises(DDBenchError, match=r"unknown distiller 'nope'; valid choices: dc, dm, dsa, file, full, mim, mtt, random"):
         reg.get("distillers", "nope")
 
 

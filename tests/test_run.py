@@ -226,14 +226,14 @@ def test_console_script_and_module_entry_points(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ddbench", "run", "--methods", "nope"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2
-    assert bad.stderr == "ddbench: error: unknown distiller 'nope'; valid choices: dc, dm, dsa, full, mim, mtt, random\n"
+    assert bad.stderr == "ddbench: error: unknown distiller 'nope'; valid choices: dc, dm, dsa, file, full, mim, mtt, random\n"
     assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--methods", "random,nope"], "unknown distiller 'nope'; valid choices: dc, dm, dsa, full, mim, mtt, random"),
+        (["--methods", "random,nope"], "unknown distiller 'nope'; valid choices: dc, dm, dsa, file, full, mim, mtt, random"),
         (["--methods", "dm+nope"], "unknown objective 'nope'; valid choices: mim"),
         (["--methods", "dm+"], "malformed method 'dm+'"),
         (["--datasets", "digitz"], "unknown dataset 'digitz'; valid choices: cifar10, cifar100, digits"),

@@ -18,8 +18,8 @@ from ddbench.registry import KINDS
 
 
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice([*KINDS, "eval", "experts"]))
-@click.option("--data-root", default=None, help="Where to look for cached expert trajectories "
+@click.argument("kind", required=False, type=click.Choice([*KINDS, "eval", "experts", "teachers"]))
+@click.option("--data-root", default=None, help="Where to look for cached expert trajectories and teachers "
               "[default: $DDBENCH_DATA or datasets/].")
 @click.option("--input", "inputs", default="1x28x28,3x32x32", show_default=True, metavar="CxHxW[,...]",
               help="Input shapes for the models' parameter counts.")
@@ -27,13 +27,16 @@ from ddbench.registry import KINDS
               help="Number of classes for the models' parameter counts.")
 def list_cmd(kind, data_root, inputs, classes):
     """Show every registered component with its origin and parameters (models: their
-    parameter counts for the given inputs), and the cached expert trajectories."""
+    parameter counts for the given inputs), the cached expert trajectories and teachers."""
     shapes = _parse_shapes(inputs)
     reg = registry()
-    kinds = [kind] if kind else [*KINDS, "eval", "experts"]
+    kinds = [kind] if kind else [*KINDS, "eval", "experts", "teachers"]
     for k in kinds:
         if k == "experts":
             _list_experts(data_root_of(Path(data_root) if data_root else None))
+            continue
+        if k == "teachers":
+            _list_teachers(data_root_of(Path(data_root) if data_root else None))
             continue
         if k == "eval":
             click.echo("eval (the evaluation protocol; set with --set eval.PARAM=V, choose with "
@@ -74,6 +77,21 @@ def _list_experts(root: Path) -> None:
         subset = f", {r['images_per_class']} images/class" if r["images_per_class"] else ""
         click.echo(f"  {d['dataset']} [{d['conditions']}] {r['model']}: {n} expert(s), {r['epochs']} "
                    f"epochs, lr {r['lr']}{subset}  {folder}")
+
+
+def _list_teachers(root: Path) -> None:
+    from ddbench.teacher import cached_teachers
+
+    found = cached_teachers(root)
+    click.echo(f"teachers (soft/teacher-label evaluation, cached under {root}; trained by the first run "
+               "with --set eval.labels=soft|teacher)")
+    if not found:
+        click.echo("  (none cached)")
+    for ident, path in found:
+        d, r = ident["dataset"], ident["recipe"]
+        aug = f"DSA {r['dsa_strategy']}" if r["dsa_strategy"] else "no augmentation"
+        click.echo(f"  {d['dataset']} [{d['conditions']}] {r['model']}: {r['epochs']} epochs, lr {r['lr']}, "
+                   f"{aug}  {path}")
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -59,10 +59,12 @@ from ddbench.store import Store
                                 "the same command resumes it (checkpoints/ beside the store).")
 @click.option("--checkpoint-minutes", type=click.FloatRange(min=0), default=D.checkpoint_minutes,
               show_default=True, metavar="M", help="Checkpoint every M minutes of wall time (0: by count only).")
+@click.option("--scores", is_flag=True, help="Add the cells DD-Ranking's LRS and ARS need (random, full, hard "
+              "labels, with and without augmentation); `ddbench report` shows the scores.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, store, data_root, download,
-            device, executor, jobs, address, checkpoint_every, checkpoint_minutes, dry_run, quiet):
+            device, executor, jobs, address, checkpoint_every, checkpoint_minutes, scores, dry_run, quiet):
     """Run the cross-product methods × datasets × IPC × models × seeds × sweeps.
 
     Exit status 0 when every cell of the run is stored ok, 1 when any failed (what
@@ -77,6 +79,7 @@ def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, sto
         data_root=Path(data_root) if data_root else None, download=download,
         device=device, executor=executor, jobs=jobs, address=address, dry_run=dry_run,
         progress=not quiet, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+        scores=scores,
     )
     reg = registry()
     if dry_run:
@@ -115,6 +118,8 @@ def _dry_run(options: RunOptions, registry) -> None:
     prepared = prepare(options, registry)
     for w in prepared.warnings:
         click.echo(f"ddbench: warning: {w}", err=True)
+    for n in prepared.notes:
+        click.echo(f"ddbench: {n}", err=True)
     done: set[str] = set()
     if Path(options.store).exists():
         st = Store(Path(options.store))

@@ -79,9 +79,13 @@ class Job:
                 **{f"{k}:{n}": r.params_dict() for (k, n), r in sorted(self.parts.items())}}
 
 
-def method_params(base: Resolved, objectives: list[Resolved]) -> dict:
-    """{component name: params} of a method: part of its key and of every stored row."""
-    return {base.name: base.params_dict(), **{o.name: o.params_dict() for o in objectives}}
+def method_params(base: Resolved, objectives: list[Resolved], keyed: bool = False) -> dict:
+    """{component name: params} of a method: stored with every row and, without the
+    distiller's ``locators`` (``keyed``), part of its key."""
+    own = base.params_dict()
+    if keyed:
+        own = {k: v for k, v in own.items() if k not in base.entry.cls.locators}
+    return {base.name: own, **{o.name: o.params_dict() for o in objectives}}
 
 
 def _model_refs(resolved: Resolved) -> list[str]:
@@ -108,8 +112,10 @@ def build_plan(
     for spec in specs:
         base_cls = registry.get("distillers", spec.base).cls
         for (dspec, darg), dres in zip(dataset_specs, datasets, strict=True):
-            for ipc in (ipcs if base_cls.uses_ipc else [None]):
+            for ipc in _ipcs(spec, base_cls, ipcs):
                 bases = resolver.variants("distillers", spec.base, dres.name, ipc)
+                if spec.arg is not None:
+                    bases = [base_cls.with_argument(b, spec.arg, spec.text) for b in bases]
                 obj_variants = [resolver.variants("objectives", o, dres.name, ipc) for o in spec.objectives]
                 for base, objs in itertools.product(bases, itertools.product(*obj_variants)):
                     distill_models, parts = {}, {}
@@ -127,13 +133,21 @@ def build_plan(
     return jobs
 
 
+def _ipcs(spec: MethodSpec, base_cls, ipcs: list[int]) -> list[int | None]:
+    """The IPCs a method is planned at: ``--ipc``, none (``full``), or its own (a file's)."""
+    if not base_cls.uses_ipc:
+        return [None]
+    own = base_cls.own_ipc(spec.arg) if spec.arg is not None else None
+    return [own] if own is not None else ipcs
+
+
 def _job(spec, base, objs, dres, dspec, darg, ipc, condition, seed, distill_models, parts, models,
          protocols) -> Job:
     data_coords = {"dataset": dspec, "dataset_params": dres.params_dict(), "conditions": condition, "ipc": ipc}
     rng_seed = seed_of(data_coords, seed)
     key = digest({
-        "method": spec.text,
-        "params": method_params(base, objs),
+        "method": spec.key_text,
+        "params": method_params(base, objs, keyed=True),
         "distill_models": {n: r.params_dict() for n, r in sorted(distill_models.items())},
         # only when present, so that the keys of methods without references never change
         **({"parts": {f"{k}:{n}": r.params_dict() for (k, n), r in sorted(parts.items())}} if parts else {}),

@@ -17,13 +17,33 @@ class MethodSpec:
     text: str
     base: str
     objectives: tuple[str, ...]
+    #: the argument of a distiller that takes one (``file:PATH``): everything after the colon
+    arg: str | None = None
+
+    @property
+    def key_text(self) -> str:
+        """The method in result keys: without the argument, which reaches the key through
+        the distiller's parameters (a file's content hash, not its path)."""
+        return self.base if self.arg is not None else self.text
 
 
 def parse_method(text: str, registry: Registry) -> MethodSpec:
+    name, sep, arg = text.partition(":")
+    if sep:  # ``file:PATH``: the rest is the argument, '+' included
+        entry = registry.get("distillers", name.strip())
+        takes = getattr(entry.cls, "argument", None)
+        if not takes:
+            raise DDBenchError(f"method {name.strip()!r} takes no argument; got {text!r}")
+        if not arg.strip():
+            raise DDBenchError(f"method {text!r}: {name.strip()} needs a {takes}, e.g. {name.strip()}:sets/mine.pt")
+        return MethodSpec(text, name.strip(), (), arg.strip())
     parts = [p.strip() for p in text.split("+")]
     if not all(parts):
         raise DDBenchError(f"malformed method {text!r}: expected base[+objective...], e.g. dm+mim")
-    registry.get("distillers", parts[0])
+    takes = getattr(registry.get("distillers", parts[0]).cls, "argument", None)
+    if takes:
+        raise DDBenchError(f"method {parts[0]!r} needs a {takes}: {parts[0]}:{takes.upper()} "
+                           f"(e.g. {parts[0]}:sets/mine.pt), and takes no objectives")
     for obj in parts[1:]:
         registry.get("objectives", obj)
     if len(set(parts[1:])) != len(parts[1:]):

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from ddbench import params as P
+from ddbench.augment import resolve_strategy
 from ddbench.conditions import apply as apply_condition
 from ddbench.conditions import caps_ipc, is_seeded, parse_conditions
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
-from ddbench.augment import resolve_strategy
 from ddbench.experts import ExpertBuffer
 from ddbench.keys import params_json
 from ddbench.plan.jobs import Job, build_plan
@@ -59,6 +59,9 @@ class RunOptions:
     #: execution settings, in no result key (``ddbench.checkpoint``)
     checkpoint_every: int = 0
     checkpoint_minutes: float = 10.0
+    #: add the cells DD-Ranking's scores need (``ddbench.scores``): random and full, hard
+    #: labels beside the asked ones, evaluation with and without augmentation
+    scores: bool = False
 
 
 def data_root(option: Path | None) -> Path:
@@ -95,6 +98,8 @@ class Prepared:
     executor: Resolved | None = None
     #: job key -> protocol hash -> the teacher its soft/teacher-label cells need
     teachers: dict[str, dict[str, Teacher]] = field(default_factory=dict)
+    #: what the user should know about the plan (files read, teachers): printed, not warnings
+    notes: list[str] = field(default_factory=list)
 
     def bundle(self, job: Job) -> DataBundle:
         return self.bundles[_bundle_key(job.dataset_spec, job.dataset, job.condition, job.seed)]
@@ -118,6 +123,16 @@ class Prepared:
         return list(seen.values())
 
 
+def _with_score_cells(methods: list[str], sets: dict) -> tuple[list[str], dict]:
+    """``--scores``: ``random`` and ``full`` added to the methods, hard labels to
+    ``eval.labels`` and both ``eval.dsa`` values (unless given) to the protocol's axes."""
+    methods = list(dict.fromkeys([*methods, "random", "full"]))
+    sets = dict(sets)
+    sets[("eval", "labels")] = list(dict.fromkeys(["hard", *sets.get(("eval", "labels"), [])]))
+    sets.setdefault(("eval", "dsa"), ["true", "false"])
+    return methods, sets
+
+
 def _dataset_identity(prepared: Prepared, job: Job) -> dict:
     return {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
             "conditions": job.condition, "content": prepared.bundle(job).fingerprint()}
@@ -129,6 +144,21 @@ def _check_teachers(jobs: list[Job], registry: Registry) -> None:
         for cell in job.cells:
             if cell.protocol.params.labels != "hard":
                 registry.get("models", cell.protocol.params.teacher)
+
+
+def _check_files(prepared: Prepared) -> None:
+    """Sets given as files (``file:PATH``) must fit their dataset (shape, channels, classes,
+    finite values): read and checked now, so a bad file is an error before anything is written."""
+    seen = set()
+    for job in prepared.jobs:
+        if job.method.arg is None or (job.key, job.dataset_label) in seen:
+            continue
+        seen.add((job.key, job.dataset_label))
+        synset, space = job.base.instance().load(prepared.bundle(job), job.label)
+        soft = "" if synset.soft_labels is None else f", soft labels ({synset.soft_kind})"
+        lr = "" if synset.lr is None else f", lr {synset.lr:g}"
+        prepared.notes.append(f"{job.label} on {job.dataset_label}: sha256 {job.base.params.sha256[:12]}, "
+                              f"{len(synset.images)} images (ipc {job.ipc_label}){soft}{lr}; images {space}")
 
 
 def _teachers(prepared: Prepared, resolver: Resolver, root: Path) -> None:
@@ -167,10 +197,13 @@ def _bundle_key(spec: str, resolved: Resolved, condition: str, seed: int) -> str
 def prepare(options: RunOptions, registry: Registry) -> Prepared:
     """Everything that can fail on bad input, before anything is written."""
     sets = parse_sets(options.sets)
+    method_texts = list(options.methods)
+    if options.scores:
+        method_texts, sets = _with_score_cells(method_texts, sets)
     resolver = Resolver(registry, options.preset, sets)
     device = pick_device(options.device)
     executor = _executor(options, resolver)
-    methods = [parse_method(m, registry) for m in options.methods]
+    methods = [parse_method(m, registry) for m in method_texts]
     for m in options.models:  # the cheap name checks first; resolver.models() resolves them
         model_entry(registry, m)
     # datasets: "name" or "name:arg", each possibly swept over its parameters
@@ -192,6 +225,10 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     )
     warnings = resolver.check_unused()
     _check_teachers(jobs, registry)
+    if options.scores:  # the full split is the scores' reference under hard labels only
+        for job in jobs:
+            if job.base.name == "full":
+                job.cells = [c for c in job.cells if c.protocol.params.labels == "hard" and c.protocol.params.dsa]
     # only now the (possibly slow) loading: every cheaper check has passed
     root = data_root(options.data_root)
     bundles = {}
@@ -206,6 +243,10 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     _check_models(prepared)
     _expert_buffers(prepared, root.absolute())  # workers may run elsewhere than this cwd
     _teachers(prepared, resolver, root.absolute())
+    _check_files(prepared)
+    for job, t in prepared.distinct_teachers():
+        prepared.notes.append(f"teacher {t.label} for {job.dataset_label}: "
+                              f"{'present' if t.present() else 'to train'} ({t.path})")
     return prepared
 
 
