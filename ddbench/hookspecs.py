@@ -50,3 +50,33 @@ def cell_finished(record):
     seed, model, eval_index, status, accuracy, error, seconds, peak memory, protocol,
     versions, ...), read by attribute; ``record.as_dict()`` gives a plain dict.
     """
+
+
+@hookspec
+def run_started(run, config):
+    """Called by the driver once the plan is checked, before any work (for trackers).
+
+    ``run`` is the ``ddbench.records.RunRow`` as stored (run id, command, preset, versions,
+    git revision); ``config`` the run's fully resolved configuration as a plain dict (what
+    ``ddbench run --print-config`` prints: rerunning it plans the same cells).
+    """
+
+
+@hookspec
+def synset_stored(record, artifact, grid, trace):
+    """Called by the driver after a distillation's row is stored (ok or failed).
+
+    ``record`` is the ``ddbench.records.SynsetRow``; ``artifact`` and ``grid`` the absolute
+    paths of the stored set (.safetensors) and its image grid (.png), or None; ``trace`` the
+    scalar series recorded while distilling, ``{name: [(step, value), ...]}`` (MIM's
+    estimates, losses).
+    """
+
+
+@hookspec
+def run_finished(run, ran, skipped, failed):
+    """Called by the driver when the run ends, also when interrupted or failing.
+
+    ``run`` is the ``RunRow`` with its final ``status`` (finished, interrupted); ``ran``,
+    ``skipped`` and ``failed`` count its evaluation cells.
+    """

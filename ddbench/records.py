@@ -162,6 +162,8 @@ class RunRow(Record):
     versions: str | None = None
     git_rev: str | None = None
     status: str | None = None  # running, finished, interrupted
+    #: the fully resolved configuration (JSON; ``ddbench run --print-config``)
+    config: str | None = None
 
 
 TABLES: tuple[type[Record], ...] = (RunRow, SynsetRow, ResultRow)

@@ -138,9 +138,11 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
     policy = checkpoints(options)
     all_keys = [c.key for j in jobs for c in j.cells]
     done = store.done_cells(all_keys)
+    config = options.as_config()
     run = RunRow(uuid.uuid4().hex[:12], command=command or shlex.join(sys.argv), preset=options.preset,
-                 versions=params_json(versions()), git_rev=git_revision())
+                 versions=params_json(versions()), git_rev=git_revision(), config=params_json(config))
     store.start_run(run)
+    registry.pm.hook.run_started(run=run, config=config)
     store.add_run_cells(run.run_id, all_keys)
     prog = Progress(len(all_keys) - len(done), enabled=options.progress)
     executor = prepared.executor.instance()
@@ -176,7 +178,7 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
                 prog.start(job_text(task.job))
             seen = reported.setdefault(id(task), set())
             if isinstance(event, SynsetEvent):
-                _store_synset(store, run, task, event, device)
+                _store_synset(store, run, task, event, device, registry)
                 # stored, or failed (a failed distillation restarts clean); a lost worker's stays
                 checkpoint.remove(policy.path(task.job.key))
                 continue
@@ -200,6 +202,8 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
         finally:
             prog.close()
             store.finish_run(run.run_id, status)
+            run.status = status
+            registry.pm.hook.run_finished(run=run, ran=ran, skipped=len(done), failed=len(failures))
     synsets = [r for r in (store.synset(j.key) for j in jobs) if r is not None]
     return RunSummary(run.run_id, jobs, store.results(all_keys), len(done), ran, failures, synsets)
 
@@ -215,7 +219,7 @@ def _stored_synset(store: Store, key: str) -> tuple[SyntheticSet | None, float |
     return artifacts.load_synset(path), row.seconds
 
 
-def _store_synset(store: Store, run: RunRow, task: Task, event: SynsetEvent, device) -> None:
+def _store_synset(store: Store, run: RunRow, task: Task, event: SynsetEvent, device, registry: Registry) -> None:
     job, data = task.job, task.data
     artifact = grid = None
     if event.synset is not None and job.base.entry.cls.save_artifact:
@@ -227,7 +231,7 @@ def _store_synset(store: Store, run: RunRow, task: Task, event: SynsetEvent, dev
         artifacts.save_grid(store.path.parent / rel.with_suffix(".png"), event.synset, data)
         artifact, grid = str(rel), str(rel.with_suffix(".png"))
     cost = event.cost
-    store.write_synset(SynsetRow(
+    row = SynsetRow(
         job.key, run_id=run.run_id, method=job.label, params=params_json(job.params_record()),
         dataset=job.dataset_spec, conditions=job.condition, ipc=job.ipc, seed=job.seed,
         status=event.status, error=event.error, artifact=artifact, grid=grid,
@@ -235,7 +239,11 @@ def _store_synset(store: Store, run: RunRow, task: Task, event: SynsetEvent, dev
         seconds_per_iter=event.seconds_per_iter, peak_mem_mb=cost.peak_mem_mb,
         device=cost.device or device_name(device), worker=cost.worker, versions=run.versions,
         num_classes=data.num_classes,
-    ), trace=event.trace)
+    )
+    store.write_synset(row, trace=event.trace)
+    root = store.path.parent.absolute()
+    registry.pm.hook.synset_stored(record=row, artifact=artifact and root / artifact, grid=grid and root / grid,
+                                   trace=event.trace)
 
 
 def result_row(run: RunRow, job: Job, event: ResultEvent, device: torch.device) -> ResultRow:

@@ -33,6 +33,10 @@ DEFAULT_DATA_ROOT = "datasets"
 DATA_ENV = "DDBENCH_DATA"
 
 
+#: option fields named otherwise in config files (as on the command line: ``--ipc``)
+CONFIG_NAMES = {"ipcs": "ipc"}
+
+
 @dataclass
 class RunOptions:
     """What the user asked for, as lists of specs; ``prepare`` parses and checks it."""
@@ -62,6 +66,23 @@ class RunOptions:
     #: add the cells DD-Ranking's scores need (``ddbench.scores``): random and full, hard
     #: labels beside the asked ones, evaluation with and without augmentation
     scores: bool = False
+
+
+    def as_config(self) -> dict:
+        """Every option as a config file holds it (``ddbench.config``): plain values, lists
+        as lists, ``--set`` as ``set: {NS.PARAM: value or list}``; running it plans the same cells."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("dry_run", "progress"):
+                continue
+            if f.name == "sets":
+                parsed = parse_sets(value)
+                value = {f"{ns}.{key}": (vals[0] if len(vals) == 1 else vals) for (ns, key), vals in parsed.items()}
+                out["set"] = value
+                continue
+            out[CONFIG_NAMES.get(f.name, f.name)] = str(value) if isinstance(value, Path) else value
+        return out
 
 
 def data_root(option: Path | None) -> Path:
