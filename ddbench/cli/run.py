@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from ddbench import report, results
+from ddbench import config, report, results
 from ddbench.cli.base import (
     COMPILE_OPTION,
     CONDITIONS_OPTION,
@@ -61,27 +61,33 @@ from ddbench.store import Store
               show_default=True, metavar="M", help="Checkpoint every M minutes of wall time (0: by count only).")
 @click.option("--scores", is_flag=True, help="Add the cells DD-Ranking's LRS and ARS need (random, full, hard "
               "labels, with and without augmentation); `ddbench report` shows the scores.")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="A sweep file (YAML or TOML) holding any of these options; the command line wins.")
+@click.option("--sweep", default=None, metavar="NAME", help="The named sweep of the --config file to run.")
+@click.option("--print-config", is_flag=True, help="Print the effective configuration (YAML) and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, store, data_root, download,
-            device, executor, jobs, address, checkpoint_every, checkpoint_minutes, scores, dry_run, quiet):
+@click.pass_context
+def run_cmd(ctx, **params):
     """Run the cross-product methods × datasets × IPC × models × seeds × sweeps.
 
     Exit status 0 when every cell of the run is stored ok, 1 when any failed (what
     succeeded is stored; the failures are listed), 2 for bad input (nothing written)."""
-    options = RunOptions(
-        methods=split_list(methods, "--methods"),
-        datasets=split_list(datasets, "--datasets"),
-        ipcs=parse_int_list(ipc, "ipc", 1),
-        models=split_list(models, "--models"),
-        seeds=parse_int_list(seeds, "seed", 0),
-        conditions=split_list(conditions, "--conditions"), sets=list(sets), preset=preset, store=Path(store),
-        data_root=Path(data_root) if data_root else None, download=download,
-        device=device, executor=executor, jobs=jobs, address=address, dry_run=dry_run,
-        progress=not quiet, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
-        scores=scores,
-    )
     reg = registry()
+    p = _with_config(ctx, params, reg)
+    lists = {name: parse(p[name]) for name, parse in LISTS.items()}
+    options = RunOptions(
+        methods=lists["methods"], datasets=lists["datasets"], ipcs=lists["ipc"], models=lists["models"],
+        seeds=lists["seeds"], conditions=lists["conditions"], sets=p["sets"], preset=p["preset"],
+        store=Path(p["store"]), data_root=Path(p["data_root"]) if p["data_root"] else None,
+        download=p["download"], device=p["device"], executor=p["executor"], jobs=p["jobs"],
+        address=p["address"], dry_run=p["dry_run"], progress=not p["quiet"],
+        checkpoint_every=p["checkpoint_every"], checkpoint_minutes=p["checkpoint_minutes"], scores=p["scores"],
+    )
+    if p["print_config"]:
+        click.echo(config.dump(options.as_config()), nl=False)
+        return
+    dry_run = p["dry_run"]
     if dry_run:
         _dry_run(options, reg)
         return
@@ -100,6 +106,41 @@ def run_cmd(methods, datasets, ipc, models, seeds, conditions, sets, preset, sto
     if summary.failures:
         _list_failures(summary)
         sys.exit(1)
+
+
+#: the comma-list options and their parsers (also applied to a config file's values, so that
+#: a bad one is reported with the file and key)
+LISTS = {
+    "methods": lambda v: split_list(v, "--methods"),
+    "datasets": lambda v: split_list(v, "--datasets"),
+    "ipc": lambda v: parse_int_list(v, "ipc", 1),
+    "models": lambda v: split_list(v, "--models"),
+    "seeds": lambda v: parse_int_list(v, "seed", 0),
+    "conditions": lambda v: split_list(v, "--conditions"),
+}
+
+
+def _with_config(ctx: click.Context, params: dict, reg) -> dict:
+    """``params`` with the ``--config`` file's values where the command line gave none, and
+    ``--set`` items merged (the command line's win for the same NS.PARAM)."""
+    out = dict(params, sets=list(params["sets"]))
+    if not params["config"]:
+        if params["sweep"]:
+            raise DDBenchError("--sweep needs --config FILE")
+        return out
+    path = Path(params["config"])
+    cfg = config.select(config.read(path), path, params["sweep"])
+    defaults, file_sets = config.to_defaults(cfg, path, ctx.command, ctx, reg)
+    for name, value in defaults.items():
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
+            if name in LISTS and value is not None:
+                try:
+                    LISTS[name](value)
+                except DDBenchError as exc:
+                    raise DDBenchError(f"config {path}: {name}: {exc}") from None
+            out[name] = value
+    out["sets"] = config.merge_sets(file_sets, out["sets"])
+    return out
 
 
 def _list_failures(summary: RunSummary) -> None:
