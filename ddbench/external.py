@@ -49,6 +49,8 @@ class ExternalSet:
     #: image folders: the class folder name of each label index (mapped to classes by fit)
     class_names: list[str] | None = None
     path: Path | None = None
+    #: the space a .safetensors file declares in its metadata (``ddbench export`` writes it)
+    declared_space: str | None = None
 
 
 def content_hash(path: Path) -> str:
@@ -88,7 +90,10 @@ def read_external(path: Path) -> ExternalSet:
     fmt = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(path.suffix.lower())
     if path.is_file() and fmt:
         reader = {"safetensors": _load_safetensors, "pt": _load_pt, "npz": _load_npz}[fmt]
-        return _from_entries(reader(path), path, fmt)
+        ext = _from_entries(reader(path), path, fmt)
+        if fmt == "safetensors":
+            ext.declared_space = _declared_space(path)
+        return ext
     what = "unknown file type" if path.exists() else "no such file or folder"
     raise DDBenchError(f"{path}: {what}; accepted: {FORMATS}")
 
@@ -112,6 +117,17 @@ def _load_safetensors(path: Path) -> dict:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise _unreadable(path, exc) from None
+
+
+def _declared_space(path: Path) -> str | None:
+    """The metadata's ``space``: a file that says what it holds needs no guessing."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        space = (f.metadata() or {}).get("space")
+    if space is not None and space not in SPACES[1:]:
+        raise DDBenchError(f"{path}: metadata space {space!r}; valid: {', '.join(SPACES[1:])}")
+    return space
 
 
 def _torch_load(path: Path):
@@ -347,7 +363,9 @@ def _to_space(x: torch.Tensor, ext: ExternalSet, data: DataBundle, space: str, b
     """Images in the bundle's space: pixels normalised (or whitened), normalised ones as is."""
     lo, hi = float(x.min()), float(x.max())
     used = space
-    if space == "auto":
+    if space == "auto" and ext.declared_space:
+        space, used = ext.declared_space, f"{ext.declared_space} (declared in the file)"
+    elif space == "auto":
         if ext.pixel_hint:
             space, used = "pixel", f"pixel ({'image folder' if ext.format == 'folder' else 'uint8 images'})"
         elif lo >= 0 and hi <= 1:

@@ -98,15 +98,20 @@ def environment(versions_json: str | None) -> str:
     return f"ddbench {v.get('ddbench', '?')}, torch {torch_v}"
 
 
+def resolve_run(store: Store, prefix: str, what: str = "--run") -> str:
+    """The one run whose id starts with ``prefix``; else an error listing recent runs."""
+    ids = store.run_ids(prefix)
+    if len(ids) != 1:
+        known = ", ".join(store.run_ids("")[-5:]) or "none"
+        found = "no run" if not ids else f"{len(ids)} runs"
+        raise DDBenchError(f"{what} {prefix!r} matches {found}; recent runs: {known}")
+    return ids[0]
+
+
 def load_rows(store: Store, filters: Filters) -> list[ResultRow]:
     keys = None
     if filters.run:
-        ids = store.run_ids(filters.run)
-        if len(ids) != 1:
-            known = ", ".join(store.run_ids("")[-5:]) or "none"
-            what = "no run" if not ids else f"{len(ids)} runs"
-            raise DDBenchError(f"--run {filters.run!r} matches {what}; recent runs: {known}")
-        keys = store.run_cell_keys(ids[0])
+        keys = store.run_cell_keys(resolve_run(store, filters.run))
     rows = store.results(keys) if keys is not None else store.results()
     out = []
     for r in rows:

@@ -144,7 +144,8 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
     store.start_run(run)
     registry.pm.hook.run_started(run=run, config=config)
     store.add_run_cells(run.run_id, all_keys)
-    prog = Progress(len(all_keys) - len(done), enabled=options.progress)
+    n_jobs = sum(any(c.key not in done for c in j.cells) for j in jobs)
+    prog = Progress(len(all_keys) - len(done), enabled=options.progress, total_jobs=n_jobs)
     executor = prepared.executor.instance()
     tasks = []
     for job in jobs:
@@ -195,6 +196,8 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
                 if not row.ok:
                     failures.append(row)
                 prog.cell_done(row.ok)
+            if len(seen) == len(task.pending) and events:
+                prog.job_done()
         status = "finished"
     finally:
         try:

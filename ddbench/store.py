@@ -155,10 +155,12 @@ class Store:
             done.update(r[0] for r in self.db.execute(q, chunk))
         return done
 
-    def _insert(self, rec: Record) -> None:
+    def _insert(self, rec: Record, verb: str = "INSERT OR REPLACE") -> bool:
+        """Write ``rec``; True when a row was written (``INSERT OR IGNORE`` skips a stored key)."""
         cols = rec.columns()
-        self.db.execute(f"INSERT OR REPLACE INTO {rec.table} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
-                        rec.values())
+        cur = self.db.execute(f"{verb} INTO {rec.table} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                              rec.values())
+        return cur.rowcount == 1
 
     def write_result(self, row: ResultRow) -> None:
         """Insert a row; replaces a failed row of the same key, never an ``ok`` one."""
@@ -207,3 +209,21 @@ class Store:
         for name, step, value in rows:
             out.setdefault(name, []).append((step, value))
         return out
+
+    # ---------------------------------------------------------------- imports
+    def merge(self, run: RunRow, cell_keys, synsets: list[SynsetRow],
+              traces: dict[str, dict[str, list]], results: list[ResultRow]) -> tuple[int, int, int]:
+        """Add another store's rows as they were stored (``created`` kept, so that reports
+        pick the same newest sets), in one transaction. A key stored already keeps its row:
+        nothing is replaced or duplicated. Returns (results added, results skipped, sets added)."""
+        with self.db:
+            self._insert(run, "INSERT OR IGNORE")
+            self.db.executemany("INSERT OR IGNORE INTO run_cells VALUES (?,?)",
+                                [(run.run_id, k) for k in cell_keys])
+            new_sets = [s.distill_key for s in synsets if self._insert(s, "INSERT OR IGNORE")]
+            self.db.executemany(
+                "INSERT OR IGNORE INTO traces VALUES (?,?,?,?)",
+                [(k, name, step, value) for k in new_sets
+                 for name, points in traces.get(k, {}).items() for step, value in points])
+            added = sum(self._insert(r, "INSERT OR IGNORE") for r in results)
+        return added, len(results) - added, len(new_sets)

@@ -97,6 +97,17 @@ def test_normalised_file_is_used_as_is(tmp_path, digits):
     assert torch.equal(again.images, x) and torch.equal(again.labels, torch.arange(N) % 10)
 
 
+def test_space_declared_in_safetensors_metadata_is_honoured_under_auto(tmp_path, digits):
+    x, y = pixel_set()  # every value in [0, 1]: auto alone would take these for pixels
+    save_file({"images": x, "labels": y}, str(tmp_path / "s.safetensors"), metadata={"space": "normalized"})
+    syn, space = fit(tmp_path / "s.safetensors", digits)
+    assert space == "normalized (declared in the file)" and torch.equal(syn.images, x)
+    syn, space = fit(tmp_path / "s.safetensors", digits, "pixel")  # an explicit space wins
+    assert space == "pixel" and torch.allclose(syn.images, normalised(digits, x), atol=1e-6)
+    save_file({"images": x, "labels": y}, str(tmp_path / "bad.safetensors"), metadata={"space": "zca"})
+    one_line_error(tmp_path / "bad.safetensors", digits, "metadata space 'zca'; valid: pixel, normalized")
+
+
 def test_explicit_pixel_space_normalises_and_zca_whitens(tmp_path, digits):
     x, y = pixel_set()
     path = write("safetensors", tmp_path, x, y)
