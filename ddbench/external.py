@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddbench.components import SyntheticSet, check_soft_labels
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
+from ddbench.synthetic import SyntheticSet, check_soft_labels
 
 IMAGE_KEYS = ("images", "x", "image", "data")
 LABEL_KEYS = ("labels", "y", "label", "targets")

@@ -114,14 +114,39 @@ def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummar
         store.close()
 
 
+def _tasks(prepared: Prepared, store: Store, policy, done: set[str], prog: Progress, executor) -> list[Task]:
+    """A task per job with cells to run; expert trajectories and teachers the jobs need are
+    built first, here in the driver (workers only read them)."""
+    tasks = []
+    for job in prepared.jobs:
+        pending = [c for c in job.cells if c.key not in done]
+        if not pending:
+            continue
+        stored, seconds = _stored_synset(store, job.key)
+        if stored is not None:  # left by a driver stopped between storing the set and removing it
+            checkpoint.remove(policy.path(job.key))
+        buf = prepared.experts.get(job.key)
+        if stored is None and buf is not None and buf.missing():  # before distilling, not timed with it
+            prog.start(f"experts for {job.label} {job.dataset_label}")
+            trained = build_experts(prepared, job, reporter(prog, "train experts"))
+            if trained:
+                print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_label} "
+                      f"(cached in {buf.folder})", file=sys.stderr)
+        teachers = prepared.teachers.get(job.key, {})
+        _build_teachers(teachers.values(), prepared.bundle(job), prepared.device, prog, job)
+        # workers never see the progress display: the driver follows their events instead
+        tasks.append(Task(job, pending, stored, seconds, prepared.bundle(job), prepared.device,
+                          prog if executor.in_process else None, buf, policy, teachers))
+    return tasks
+
+
 def _build_teachers(teachers, data, device, prog, job) -> None:
     """Train the missing teachers in the driver, before the job is handed to a worker
     (workers only load them: no two train the same one)."""
     for teacher in teachers:
         if teacher.present():
             continue
-        if prog:
-            prog.start(f"teacher {teacher.label} for {job.dataset_label}")
+        prog.start(f"teacher {teacher.label} for {job.dataset_label}")
         teacher.build(data, device, reporter(prog, "train teacher"))
         print(f"ddbench: trained teacher {teacher.label} on {job.dataset_label} ({teacher.path})", file=sys.stderr)
 
@@ -142,36 +167,16 @@ def _execute(options, registry, prepared, store, command) -> RunSummary:
     run = RunRow(uuid.uuid4().hex[:12], command=command or shlex.join(sys.argv), preset=options.preset,
                  versions=params_json(versions()), git_rev=git_revision(), config=params_json(config))
     store.start_run(run)
-    registry.pm.hook.run_started(run=run, config=config)
-    store.add_run_cells(run.run_id, all_keys)
     n_jobs = sum(any(c.key not in done for c in j.cells) for j in jobs)
     prog = Progress(len(all_keys) - len(done), enabled=options.progress, total_jobs=n_jobs)
     executor = prepared.executor.instance()
-    tasks = []
-    for job in jobs:
-        pending = [c for c in job.cells if c.key not in done]
-        if not pending:
-            continue
-        stored, seconds = _stored_synset(store, job.key)
-        if stored is not None:  # left by a driver stopped between storing the set and removing it
-            checkpoint.remove(policy.path(job.key))
-        buf = prepared.experts.get(job.key)
-        if stored is None and buf is not None and buf.missing():  # before distilling, not timed with it
-            if prog:
-                prog.start(f"experts for {job.label} {job.dataset_label}")
-            trained = build_experts(prepared, job, reporter(prog, "train experts"))
-            if trained:
-                print(f"ddbench: trained {trained} expert(s) for {job.label} on {job.dataset_label} "
-                      f"(cached in {buf.folder})", file=sys.stderr)
-        teachers = prepared.teachers.get(job.key, {})
-        _build_teachers(teachers.values(), prepared.bundle(job), device, prog, job)
-        # workers never see the progress display: the driver follows their events instead
-        tasks.append(Task(job, pending, stored, seconds, prepared.bundle(job), device,
-                          prog if executor.in_process else None, buf, policy, teachers))
     ran, failures = 0, []
     status = "interrupted"
     reported: dict[int, set[str]] = {}  # id(task) -> keys of its cells stored by this run
-    try:
+    registry.pm.hook.run_started(run=run, config=config)
+    try:  # from here on the run ends as finished or interrupted, and run_finished is called
+        store.add_run_cells(run.run_id, all_keys)
+        tasks = _tasks(prepared, store, policy, done, prog, executor)
         if tasks:
             executor.start(device, Path(options.store).parent)
         for task, event in executor.map(run_job, tasks) if tasks else ():

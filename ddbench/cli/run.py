@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from ddbench import config, report, results
+from ddbench import config, report, results, trackers
 from ddbench.cli.base import (
     COMPILE_OPTION,
     CONDITIONS_OPTION,
@@ -67,6 +67,10 @@ from ddbench.store import Store
 @click.option("--print-config", is_flag=True, help="Print the effective configuration (YAML) and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is stored; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--track", default="", metavar="NAME[,NAME]",
+              help="Experiment trackers: mlflow (pip install 'ddbench[mlflow]'), wandb ('ddbench[wandb]').")
+@click.option("--track-uri", default=None, metavar="URI",
+              help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or mlruns/ beside the store].")
 @click.pass_context
 def run_cmd(ctx, **params):
     """Run the cross-product methods × datasets × IPC × models × seeds × sweeps.
@@ -75,6 +79,7 @@ def run_cmd(ctx, **params):
     succeeded is stored; the failures are listed), 2 for bad input (nothing written)."""
     reg = registry()
     p = _with_config(ctx, params, reg)
+    trackers.enable(reg, p["track"], p["store"], p["track_uri"])
     lists = {name: parse(p[name]) for name, parse in LISTS.items()}
     options = RunOptions(
         methods=lists["methods"], datasets=lists["datasets"], ipcs=lists["ipc"], models=lists["models"],
@@ -85,7 +90,8 @@ def run_cmd(ctx, **params):
         checkpoint_every=p["checkpoint_every"], checkpoint_minutes=p["checkpoint_minutes"], scores=p["scores"],
     )
     if p["print_config"]:
-        click.echo(config.dump(options.as_config()), nl=False)
+        extra = {k: p[k] for k in ("track", "track_uri") if p[k]}
+        click.echo(config.dump({**options.as_config(), **extra}), nl=False)
         return
     dry_run = p["dry_run"]
     if dry_run:
