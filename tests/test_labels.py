@@ -186,3 +186,10 @@ def test_check_compares_soft_label_numbers_with_soft_label_results_only(ddb, tmp
         res = ddb("check", str(csv), "--store", str(store))
         assert res.code == 0, res.out + res.err
         assert re.search(rf"{want:.1f} ± [\d.]+ \(n=2\)", res.out), res.out  # ours: the matching label mode
+
+
+def test_one_teacher_serves_students_with_and_without_augmentation(ddb, tmp_path):
+    res = ddb("run", "--methods", "random", *SMALL, "--set", "eval.labels=teacher", "--set", "eval.dsa=true,false",
+              "--store", str(tmp_path / "r.sqlite"))
+    assert res.code == 0, res.err
+    assert res.err.count("trained teacher") == 1 and len(rows(tmp_path / "r.sqlite")) == 4

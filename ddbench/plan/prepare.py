@@ -193,7 +193,8 @@ def _teachers(prepared: Prepared, resolver: Resolver, root: Path) -> None:
                 continue
             model = resolver.single("models", p.teacher)
             bundle = prepared.bundle(job)
-            strategy = resolve_strategy(p.dsa_strategy, bundle.dsa_strategy) if p.dsa else None
+            # the teacher is one network whatever the students' augmentation: trained with DSA
+            strategy = resolve_strategy(p.dsa_strategy, bundle.dsa_strategy)
             recipe = TeacherRecipe(p.teacher, params_json(model.params_dict()), p.teacher_epochs, strategy)
             teacher = Teacher(root, _dataset_identity(prepared, job), recipe, model)
             prepared.teachers.setdefault(job.key, {})[cell.protocol.hash] = teacher
