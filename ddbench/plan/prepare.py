@@ -167,7 +167,7 @@ def _check_teachers(jobs: list[Job], registry: Registry) -> None:
                 registry.get("models", cell.protocol.params.teacher)
 
 
-def _check_files(prepared: Prepared) -> None:
+def _check_files(prepared: Prepared, ipcs: list[int]) -> None:
     """Sets given as files (``file:PATH``) must fit their dataset (shape, channels, classes,
     finite values): read and checked now, so a bad file is an error before anything is written."""
     seen = set()
@@ -180,6 +180,9 @@ def _check_files(prepared: Prepared) -> None:
         lr = "" if synset.lr is None else f", lr {synset.lr:g}"
         prepared.notes.append(f"{job.label} on {job.dataset_label}: sha256 {job.base.params.sha256[:12]}, "
                               f"{len(synset.images)} images (ipc {job.ipc_label}){soft}{lr}; images {space}")
+        if job.ipc not in ipcs:
+            prepared.warnings.append(f"{job.label} holds {job.ipc} images per class, not in --ipc "
+                                     f"{','.join(map(str, ipcs))}: no other method shares its row (add --ipc {job.ipc})")
 
 
 def _teachers(prepared: Prepared, resolver: Resolver, root: Path) -> None:
@@ -265,7 +268,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     _check_models(prepared)
     _expert_buffers(prepared, root.absolute())  # workers may run elsewhere than this cwd
     _teachers(prepared, resolver, root.absolute())
-    _check_files(prepared)
+    _check_files(prepared, options.ipcs)
     for job, t in prepared.distinct_teachers():
         prepared.notes.append(f"teacher {t.label} for {job.dataset_label}: "
                               f"{'present' if t.present() else 'to train'} ({t.path})")
