@@ -77,7 +77,7 @@ def report_json(ddb, store: Path, *args: str) -> dict:
 def export(ddb, store: Path, out: Path) -> Path:
     res = ddb("export", run_id(store)[:6], str(out), "--store", str(store))
     assert res.code == 0, res.err
-    assert res.out.strip() == f"exported run {run_id(store)}: 4 cell(s), 4 synthetic set(s) to {out}"
+    assert res.out.strip() == f"exported run {run_id(store)}: 4 cell(s), 4 synthetic set(s) (4 with a set file) to {out}"
     return out
 
 

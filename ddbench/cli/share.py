@@ -25,8 +25,9 @@ def export_cmd(run_id, folder, store):
         exp = share.export_run(st, run_id, Path(folder), registry().late_params())
     finally:
         st.close()
-    sets = sum(name.endswith(".safetensors") for name in exp.files)
-    click.echo(f"exported run {exp.run.run_id}: {len(exp.results)} cell(s), {sets} synthetic set(s) to {folder}")
+    files = sum(name.endswith(".safetensors") for name in exp.files)
+    click.echo(f"exported run {exp.run.run_id}: {len(exp.results)} cell(s), {len(exp.synsets)} synthetic set(s) "
+               f"({files} with a set file) to {folder}")
 
 
 @cli.command("import")
