@@ -32,6 +32,7 @@ class Analysis:
     against: str | None = None
     #: DD-Ranking's scores (``ddbench.scores``) where the tables hold the cells they need
     scores: list = field(default_factory=list)
+    score_weights: tuple[float, float] = (0.5, 0.5)
     #: per (table index, cell): the method with the best mean, and those significantly below it
     _best: dict[tuple, str] = field(default_factory=dict)
     _below: dict[tuple, set[str]] = field(default_factory=dict)
@@ -69,7 +70,8 @@ def restrict(tables: list[Table], methods: list[str]) -> list[Table]:
 
 def analyse(tables: list[Table], against: str | None = None, lrs_weight: float = 0.5,
             ars_weight: float = 0.5) -> Analysis:
-    an = Analysis(tables, against=against, scores=scores.compute(tables, lrs_weight, ars_weight))
+    an = Analysis(tables, against=against, scores=scores.compute(tables, lrs_weight, ars_weight),
+                  score_weights=(lrs_weight, ars_weight))
     for ti, table in enumerate(tables):
         for cell in table.sorted_cells():
             samples = {m: s for m, s in table.cells[cell].items() if s.values}
@@ -193,7 +195,7 @@ def render_text(an: Analysis, tablefmt: str = "simple") -> str:
         if ti in an.ranks:
             parts.append(rank_text(an.ranks[ti]))
     if an.scores:
-        parts.append(scores.render(an.scores))
+        parts.append(scores.render(an.scores, *an.score_weights))
     return "\n\n".join(parts)
 
 

@@ -154,6 +154,10 @@ def test_scores_match_a_hand_computation(ddb, tmp_path):
     assert got["lrs"][1] == pytest.approx(statistics.stdev(lrs), abs=1e-9)
     assert got["ars"][0] == pytest.approx(statistics.fmean(ars), abs=1e-9)
     assert got["hlr"] == pytest.approx(statistics.fmean(real - v for v in acc[("dm", "hard", True)].values()))
+    # DD-Ranking's weight: w = 1 scores the gain over random alone
+    weighted = json.loads(ddb("report", "--store", str(store), "--format", "json", "--lrs-weight", "1").out)
+    only_ior = [norm(acc[("dm", "hard", True)][i] - acc[("random", "hard", True)][i]) for i in (0, 1)]
+    assert weighted["scores"][0]["lrs"][0] == pytest.approx(statistics.fmean(only_ior), abs=1e-9)
 
 
 def test_scores_say_what_is_missing():

@@ -17,7 +17,8 @@ from ddbench.plan import split_list
 from ddbench.store import Store
 
 
-def _analysis(store: Store, filters: results.Filters, late: results.LateParams, against=None, exact=None):
+def _analysis(store: Store, filters: results.Filters, late: results.LateParams, against=None, exact=None,
+              weights: tuple[float, float] = (0.5, 0.5)):
     tables = results.group(results.load_rows(store, filters), late)
     known = sorted({m for t in tables for m in t.methods})
     for what, m in [("method", m) for m in exact or []] + ([("--against", against)] if against else []):
@@ -26,7 +27,7 @@ def _analysis(store: Store, filters: results.Filters, late: results.LateParams, 
                                f"valid: {', '.join(known) or 'none'}")
     if exact:
         tables = report.restrict(tables, exact)
-    return report.analyse(tables, against=against)
+    return report.analyse(tables, against=against, lrs_weight=weights[0], ars_weight=weights[1])
 
 
 def _open_store(path: str) -> Store:
@@ -80,13 +81,18 @@ def _write(text: str, output: str | None) -> None:
 @click.option("--cost", is_flag=True, help="Add the distillation cost table (seconds/iteration, peak memory).")
 @click.option("--plots", "plots_dir", default=None, metavar="DIR",
               help="Also write every figure (PNG and PDF) and an index.md/index.html to DIR.")
+@click.option("--lrs-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="DD-Ranking's w: LRS weighs IOR by w and HLR by 1 - w.")
+@click.option("--ars-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="DD-Ranking's gamma: ARS weighs the gain with augmentation by it, without by 1 - it.")
 def report_cmd(store, run_id, datasets, methods, ipc, models, conditions, fmt, output, against, cost,
-               plots_dir):
+               plots_dir, lrs_weight, ars_weight):
     """Tables and significance tests rebuilt from the store, filtered."""
     st = _open_store(store)
     try:
         late = registry().late_params()
-        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions), late, against=against)
+        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions), late, against=against,
+                       weights=(lrs_weight, ars_weight))
         text = report.RENDERERS[fmt](an)
         if fmt == "text":
             text += "\n\n" + report.significance_summary(an, limit=None)

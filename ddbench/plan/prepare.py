@@ -67,7 +67,6 @@ class RunOptions:
     #: labels beside the asked ones, evaluation with and without augmentation
     scores: bool = False
 
-
     def as_config(self) -> dict:
         """Every option as a config file holds it (``ddbench.config``): plain values, lists
         as lists, ``--set`` as ``set: {NS.PARAM: value or list}``; running it plans the same cells."""
@@ -133,7 +132,6 @@ class Prepared:
             if buf is not None and buf.key not in seen:
                 seen[buf.key] = (job, buf)
         return list(seen.values())
-
 
     def distinct_teachers(self) -> list[tuple[Job, Teacher]]:
         """Distinct teachers of the plan, each with the first job that needs it."""
