@@ -87,7 +87,8 @@ def _paired(a: dict, b: dict) -> list[tuple[float, float]]:
 
 
 def compute(tables: list[Table], lrs_weight: float = 0.5, ars_weight: float = 0.5) -> list[Score]:
-    """A score row per (method, dataset, IPC, model, label mode) that has its random cells."""
+    """A score row per (method, dataset, IPC, model, label mode) where LRS or ARS can be
+    computed (its random cells, and full or the cells without augmentation)."""
     idx = _index(tables)
     out = []
     for (recipe, dataset, ipc, model, method, labels, aug), syn in sorted(idx.items(), key=str):
@@ -123,6 +124,8 @@ def compute(tables: list[Table], lrs_weight: float = 0.5, ars_weight: float = 0.
             per = [normalise(ars_weight * (syn[u] - rdm[u]) + (1 - ars_weight) * (syn_off[u] - rdm_off[u]))
                    for u in units]
             ars = _ms(per)
+        if lrs is None and ars is None:  # a plain run: no score to show (``run --scores`` adds the cells)
+            continue
         out.append(Score(method, dataset, ipc, model, labels, hlr, ior, lrs, ars, len(pairs), "; ".join(missing)))
     return out
 

@@ -164,12 +164,15 @@ def test_scores_say_what_is_missing():
     from ddbench.results import CellId, Sample, Table
 
     params = {"name": "ddbench-eval", "version": 1, "dsa": True}
-    t = Table("ddbench-eval/v1", "h", params, "env", ["random", "dm"])
+    t = Table("ddbench-eval/v1", "h", params, "env", ["random", "dm", "full"])
     cell = CellId("digits", "clean", "1", "convnet")
     t.cells[cell] = {"random": Sample(values={0: 0.5, 1: 0.6}), "dm": Sample(values={0: 0.7, 1: 0.8})}
+    assert scores.compute([t]) == []  # neither score computable: no row (a plain run's report)
+    t.cells[CellId("digits", "clean", "all", "convnet")] = {"full": Sample(values={0: 0.9, 1: 0.9})}
     (s,) = scores.compute([t])
-    assert s.lrs is None and s.ars is None and s.ior == pytest.approx(0.2)
-    assert "LRS needs full" in s.missing and "ARS needs" in s.missing
+    assert s.ior == pytest.approx(0.2) and s.hlr == pytest.approx(0.15)
+    assert s.lrs[0] == pytest.approx(scores.normalise(0.5 * 0.2 - 0.5 * 0.15))
+    assert s.ars is None and "ARS needs the cells without augmentation" in s.missing
 
 
 def test_check_compares_soft_label_numbers_with_soft_label_results_only(ddb, tmp_path):
