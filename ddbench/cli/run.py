@@ -34,7 +34,7 @@ from ddbench.store import Store
 
 @cli.command("run")
 @click.option("--methods", default=",".join(D.methods), show_default=True,
-              help="Comma list of method specs base[+objective...].")
+              help="Comma list of method specs base[+objective...], or file:PATH for a released set.")
 @DATASETS_OPTION
 @click.option("--ipc", default=",".join(map(str, D.ipcs)), show_default=True, help="Images per class, comma list.")
 @click.option("--models", default=",".join(D.models), show_default=True, help="Evaluation models, comma list.")
