@@ -202,3 +202,39 @@ def test_one_teacher_serves_students_with_and_without_augmentation(ddb, tmp_path
               "--store", str(tmp_path / "r.sqlite"))
     assert res.code == 0, res.err
     assert res.err.count("trained teacher") == 1 and len(rows(tmp_path / "r.sqlite")) == 4
+
+
+HOOKS_PLUGIN = """
+import json, os
+from ddbench import hookimpl
+
+def _log(*what):
+    with open(os.environ["HOOK_LOG"], "a") as f:
+        f.write(json.dumps(what) + "\\n")
+
+@hookimpl
+def run_started(run, config):
+    _log("started", run.run_id)
+
+@hookimpl
+def run_finished(run, ran, skipped, failed):
+    _log("finished", run.status, ran)
+"""
+
+
+def test_run_finished_is_called_when_a_teacher_cannot_be_trained(ddb, tmp_path, fake_plugin, monkeypatch):
+    """Trackers close their runs even when the run stops before its first job (teacher training)."""
+    from ddbench.teacher import Teacher
+
+    log = tmp_path / "hooks.log"
+    monkeypatch.setenv("HOOK_LOG", str(log))
+    fake_plugin("hooks", HOOKS_PLUGIN)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Teacher, "build", interrupted)
+    res = ddb("run", "--methods", "random", *SMALL, "--set", "eval.labels=teacher", "--store", str(tmp_path / "r.sqlite"))
+    assert res.code == 130
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e[0] for e in events] == ["started", "finished"] and events[1][1:] == ["interrupted", 0]
