@@ -18,6 +18,7 @@ from tabulate import tabulate
 from ddbench import stats
 from ddbench.baselines import Baseline, BaselineCell, Key, now_iso
 from ddbench.errors import DDBenchError
+from ddbench.protocol import label_mode
 from ddbench.records import ResultRow, RunRow
 from ddbench.results import EVAL, Filters, Sample, Table
 
@@ -83,7 +84,7 @@ def samples(tables: list[Table], baseline: Baseline) -> dict[Key, tuple[Sample, 
                 if base is not None and base.protocol and t.protocol.split("/")[0] != base.protocol:
                     continue  # a published number is compared with results of its protocol only
                 if want is None and base is not None and \
-                        (base.labels == "soft") != (t.protocol_params.get("labels", "hard") != "hard"):
+                        (base.labels == "soft") != (label_mode(t.protocol_params) != "hard"):
                     continue  # and soft-label numbers with soft- or teacher-label results only
                 if key in out:
                     other = out[key][1]

@@ -28,9 +28,9 @@ import click
 import tomllib
 
 from ddbench import params as P
-from ddbench import protocol as proto
 from ddbench.errors import DDBenchError
-from ddbench.registry import KINDS, Registry
+from ddbench.plan.resolve import namespaces, params_classes
+from ddbench.registry import Registry
 
 #: keys of a config file besides the command's options
 STRUCTURE = ("set", "params", "sweeps")
@@ -181,10 +181,9 @@ def _set_items(sets, params, path: Path, registry: Registry) -> list[str]:
 
 
 def _check_param(ns: str, name: str, texts: list[str], where: str, registry: Registry) -> None:
-    owners = [proto.ProtocolParams] if ns == proto.NAMESPACE else \
-        [e.cls.Params for kind in KINDS for e in registry.entries(kind) if e.name == ns and e.cls.Params]
+    owners = params_classes(registry, ns)
     if not owners:
-        valid = sorted({e.name for kind in KINDS for e in registry.entries(kind)} | {proto.NAMESPACE})
+        valid = namespaces(registry)
         raise DDBenchError(f"config {where}: no component is named {ns!r}; valid names: {', '.join(valid)}")
     owner = next((o for o in owners if any(f.name == name for f in P.fields(o))), None)
     if owner is None:

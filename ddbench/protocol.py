@@ -83,12 +83,27 @@ class ProtocolParams:
 
 
 #: how many runs and how they are scheduled, not what each computes: outside the hash
-_NOT_RECIPE = ("num_eval", "batched")
+NOT_RECIPE = ("num_eval", "batched")
 #: parameters added after results were stored -> the value that reproduces the earlier
 #: protocol: left out of the stored parameters and the hash at that value
 _LATE = {"dc_aug": "off", "labels": "hard"}
 #: parameters that matter only with soft or teacher labels: left out under hard labels
 _SOFT_ONLY = ("soft_loss", "temperature", "teacher", "teacher_epochs")
+#: what the networks learn, and how their training images are augmented
+LABEL_PARAMS = ("labels", *_SOFT_ONLY)
+AUGMENT_PARAMS = ("dsa", "dsa_strategy", "dc_aug")
+#: ``dc_aug`` values that mean no DC augmentation
+_NO_DC_AUG = ("off", "none", "")
+
+
+def label_mode(stored: dict) -> str:
+    """The label mode of a protocol's stored parameters (``Protocol.as_dict``)."""
+    return stored.get("labels", "hard")
+
+
+def augments(stored: dict) -> bool:
+    """Whether a protocol's stored parameters augment the training images (DSA or DC's)."""
+    return bool(stored.get("dsa", True)) or stored.get("dc_aug", "off") not in _NO_DC_AUG
 
 
 #: preset -> overrides of the defaults above: "paper" evaluates each method under its own
@@ -120,7 +135,7 @@ class Protocol:
 
     @property
     def hash(self) -> str:
-        recipe = {k: v for k, v in self.as_dict().items() if k not in _NOT_RECIPE}
+        recipe = {k: v for k, v in self.as_dict().items() if k not in NOT_RECIPE}
         return digest(recipe, 16)
 
 
@@ -179,7 +194,7 @@ def augmenter(p: ProtocolParams, data: DataBundle):
         return dsa(resolve_strategy(p.dsa_strategy, data.dsa_strategy))
     if p.dc_aug == "auto":
         raise ValueError("eval.dc_aug='auto' must be resolved at planning (ddbench.protocols.specialise)")
-    if p.dc_aug not in ("off", "none", ""):
+    if p.dc_aug not in _NO_DC_AUG:
         return lambda xb, gen, strategy=p.dc_aug: dc_augment(xb, strategy, gen)
     return None
 

@@ -29,13 +29,30 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
+from ddbench import protocol as proto
 from ddbench.results import Table
 
 RANDOM, FULL = "random", "full"
 #: protocol parameters that vary between the cells a score combines
-_VARYING = ("labels", "soft_loss", "temperature", "teacher", "teacher_epochs", "dsa", "dsa_strategy", "dc_aug",
-            "num_eval", "batched")
+_VARYING = (*proto.LABEL_PARAMS, *proto.AUGMENT_PARAMS, *proto.NOT_RECIPE)
 _EVAL_SUFFIX = re.compile(r"\s*eval\[[^\]]*\]$")
+
+
+def with_score_cells(methods: list[str], sets: dict) -> tuple[list[str], dict]:
+    """``run --scores``: ``random`` and ``full`` added to the methods, hard labels to
+    ``eval.labels`` and both ``eval.dsa`` values (unless given) to the protocol's axes
+    (``sets`` as ``ddbench.plan.parse_sets`` returns them)."""
+    methods = list(dict.fromkeys([*methods, RANDOM, FULL]))
+    sets = dict(sets)
+    sets[("eval", "labels")] = list(dict.fromkeys(["hard", *sets.get(("eval", "labels"), [])]))
+    sets.setdefault(("eval", "dsa"), ["true", "false"])
+    return methods, sets
+
+
+def needed(method: str, params) -> bool:
+    """Whether ``run --scores`` keeps a cell: the full split is the scores' reference under
+    hard labels with augmentation only; every other method needs every variant."""
+    return method != FULL or (params.labels == "hard" and params.dsa)
 
 
 def normalise(x: float) -> float:
@@ -64,15 +81,11 @@ def _recipe(table: Table) -> tuple:
             tuple(sorted((k, str(v)) for k, v in p.items() if k not in _VARYING)))
 
 
-def _aug(params: dict) -> bool:
-    return bool(params.get("dsa", True)) or params.get("dc_aug", "off") not in ("off", "none", "")
-
-
 def _index(tables: list[Table]):
     """(recipe, dataset label, ipc, bare model, method, labels, aug) -> unit -> accuracy."""
     out: dict[tuple, dict] = {}
     for t in tables:
-        labels, aug = t.protocol_params.get("labels", "hard"), _aug(t.protocol_params)
+        labels, aug = proto.label_mode(t.protocol_params), proto.augments(t.protocol_params)
         for cell, by_method in t.cells.items():
             model = _EVAL_SUFFIX.sub("", cell.model)
             for method, sample in by_method.items():

@@ -19,18 +19,22 @@ from typing import Literal
 
 from ddbench import hookimpl
 from ddbench.components import DistillContext, Distiller, SyntheticSet
+from ddbench.data.cache import fingerprint
 from ddbench.errors import DDBenchError
 from ddbench.external import ExternalSet, content_hash, fit_to_dataset, read_external
 
-#: (absolute path, content hash) -> what the file holds: planning asks several times
-_READ: dict[tuple[str, str], ExternalSet] = {}
+#: the files' (path, size, mtime) fingerprint -> (sha256, what they hold): planning asks for
+#: both several times (key, IPC, soft labels, the check), a file is hashed and read once
+_READ: dict[str, tuple[str, ExternalSet]] = {}
 
 
-def read_cached(path: Path) -> ExternalSet:
-    key = (str(path.absolute()), content_hash(path))
-    if key not in _READ:
-        _READ[key] = read_external(path)
-    return _READ[key]
+def read_cached(path: Path) -> tuple[str, ExternalSet]:
+    """(content hash, contents) of a file or folder; read again only when it changed."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stamp = fingerprint(files)
+    if stamp not in _READ:
+        _READ[stamp] = (content_hash(path), read_external(path))
+    return _READ[stamp]
 
 
 @dataclass
@@ -44,6 +48,17 @@ class FileParams:
     sha256: str = ""
 
 
+def _existing(arg: str) -> Path:
+    """The path of ``file:ARG``, or a one-line error (``file:X+mim``: no objectives)."""
+    path = Path(arg).expanduser()
+    if not path.exists():
+        head, plus, tail = arg.rpartition("+")
+        if plus and Path(head).expanduser().exists():
+            raise DDBenchError(f"method 'file:{arg}': a set from a file takes no objectives (+{tail})")
+        raise DDBenchError(f"method 'file:{arg}': {arg} does not exist")
+    return path
+
+
 class ExternalFile(Distiller):
     """A distilled set from a file or folder (file:PATH): .safetensors, .pt, .npz, image folders."""
 
@@ -54,31 +69,28 @@ class ExternalFile(Distiller):
 
     @classmethod
     def with_argument(cls, resolved, arg: str, spec: str):
-        path = Path(arg).expanduser()
-        if not path.exists():
-            head, plus, tail = arg.rpartition("+")
-            if plus and Path(head).expanduser().exists():
-                raise DDBenchError(f"method {spec!r}: a set from a file takes no objectives (+{tail})")
-            raise DDBenchError(f"method {spec!r}: {arg} does not exist")
-        read_cached(path)  # a file that cannot be read is refused here, before anything is written
-        params = dataclasses.replace(resolved.params, path=str(path.absolute()), sha256=content_hash(path))
+        # a file that cannot be read is refused here, before anything is written
+        path = _existing(arg)
+        sha256, _ = read_cached(path)
+        params = dataclasses.replace(resolved.params, path=str(path.absolute()), sha256=sha256)
         return dataclasses.replace(resolved, params=params, spec=spec)
 
     @classmethod
     def own_ipc(cls, arg: str) -> int | None:
-        ext = read_cached(Path(arg).expanduser())
+        _, ext = read_cached(_existing(arg))
         labels = ext.labels if ext.labels is not None else ext.soft.argmax(1)
         return int(labels.bincount().max()) if len(labels) else 1
 
     def gives_soft_labels(self) -> bool:
-        return read_cached(Path(self.params.path)).soft is not None
+        return read_cached(Path(self.params.path))[1].soft is not None
 
     def load(self, data, who: str) -> tuple[SyntheticSet, str]:
         """The set fitted to ``data`` and the space used; the file must still be the one planned."""
         path = Path(self.params.path)
-        if content_hash(path) != self.params.sha256:
+        sha256, ext = read_cached(path)
+        if sha256 != self.params.sha256:
             raise DDBenchError(f"{who}: {path} changed since it was planned (sha256 differs); run again")
-        return fit_to_dataset(read_cached(path), data, self.params.space, who)
+        return fit_to_dataset(ext, data, self.params.space, who)
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
         synset, space = self.load(ctx.data, f"file:{self.params.path}")

@@ -21,8 +21,8 @@ from annotated_types import Ge
 
 from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
-from ddbench.errors import DDBenchError
 from ddbench.executors import cpu_count, worker
+from ddbench.params import validate
 
 
 class LocalExecutor(Executor):
@@ -37,8 +37,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, params=None):
         super().__init__(params or self.Params())
-        if self.params.jobs < 1 or self.params.threads < 0:
-            raise DDBenchError("local.jobs must be >= 1 and local.threads >= 0")
+        validate(self.params, self.name)  # the declared ranges: also for an executor built in code
         self._pool: _Pool | None = None
 
     @property

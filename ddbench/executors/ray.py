@@ -21,6 +21,7 @@ from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
 from ddbench.errors import DDBenchError
 from ddbench.executors import first_line, import_paths, require, worker
+from ddbench.params import validate
 
 
 class RayExecutor(Executor):
@@ -40,9 +41,7 @@ class RayExecutor(Executor):
 
     def __init__(self, params=None):
         super().__init__(params or self.Params())
-        p = self.params
-        if p.jobs < 0 or p.num_cpus <= 0 or (p.num_gpus is not None and p.num_gpus < 0) or p.max_retries < 0:
-            raise DDBenchError("ray.jobs, ray.num_gpus and ray.max_retries must be >= 0, ray.num_cpus > 0")
+        validate(self.params, self.name)  # the declared ranges: also for an executor built in code
         self._ray = None
         self._owned = False
         self._pending: dict = {}

@@ -23,6 +23,7 @@ from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
 from ddbench.errors import DDBenchError
 from ddbench.executors import first_line, import_paths, require, worker
+from ddbench.params import validate
 
 
 class SlurmExecutor(Executor):
@@ -45,10 +46,7 @@ class SlurmExecutor(Executor):
 
     def __init__(self, params=None):
         super().__init__(params or self.Params())
-        p = self.params
-        if p.timeout_min < 1 or p.cpus_per_task < 1 or p.jobs < 0 or p.mem_gb < 0 or p.poll_s <= 0:
-            raise DDBenchError("slurm.timeout_min and slurm.cpus_per_task must be >= 1; "
-                               "slurm.jobs and slurm.mem_gb >= 0; slurm.poll_s > 0")
+        validate(self.params, self.name)  # the declared ranges: also for an executor built in code
         self._jobs: list = []
         self._shared: Path | None = None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ddbench import params as P
+from ddbench import scores
 from ddbench.augment import resolve_strategy
 from ddbench.conditions import apply as apply_condition
 from ddbench.conditions import caps_ipc, is_seeded, parse_conditions
@@ -142,16 +143,6 @@ class Prepared:
         return list(seen.values())
 
 
-def _with_score_cells(methods: list[str], sets: dict) -> tuple[list[str], dict]:
-    """``--scores``: ``random`` and ``full`` added to the methods, hard labels to
-    ``eval.labels`` and both ``eval.dsa`` values (unless given) to the protocol's axes."""
-    methods = list(dict.fromkeys([*methods, "random", "full"]))
-    sets = dict(sets)
-    sets[("eval", "labels")] = list(dict.fromkeys(["hard", *sets.get(("eval", "labels"), [])]))
-    sets.setdefault(("eval", "dsa"), ["true", "false"])
-    return methods, sets
-
-
 def _dataset_identity(prepared: Prepared, job: Job) -> dict:
     return {"dataset": job.dataset_spec, "dataset_params": job.dataset.params_dict(),
             "conditions": job.condition, "content": prepared.bundle(job).fingerprint()}
@@ -159,10 +150,9 @@ def _dataset_identity(prepared: Prepared, job: Job) -> dict:
 
 def _check_teachers(jobs: list[Job], registry: Registry) -> None:
     """Teacher names of soft/teacher-label protocols must be registered models (cheap, early)."""
-    for job in jobs:
-        for cell in job.cells:
-            if cell.protocol.params.labels != "hard":
-                registry.get("models", cell.protocol.params.teacher)
+    for teacher in dict.fromkeys(c.protocol.params.teacher for j in jobs for c in j.cells
+                                 if c.protocol.params.labels != "hard"):
+        registry.get("models", teacher)
 
 
 def _check_files(prepared: Prepared, ipcs: list[int]) -> None:
@@ -188,17 +178,17 @@ def _teachers(prepared: Prepared, resolver: Resolver, root: Path) -> None:
     whose sets carry their own (``Distiller.gives_soft_labels``)."""
     for job in prepared.jobs:
         own_soft = job.base.instance().gives_soft_labels()
-        for cell in job.cells:
-            p = cell.protocol.params
+        bundle = prepared.bundle(job)
+        for protocol in {c.protocol.hash: c.protocol for c in job.cells}.values():
+            p = protocol.params
             if p.labels == "hard" or (p.labels == "soft" and own_soft):
                 continue
             model = resolver.single("models", p.teacher)
-            bundle = prepared.bundle(job)
             # the teacher is one network whatever the students' augmentation: trained with DSA
             strategy = resolve_strategy(p.dsa_strategy, bundle.dsa_strategy)
             recipe = TeacherRecipe(p.teacher, params_json(model.params_dict()), p.teacher_epochs, strategy)
             teacher = Teacher(root, _dataset_identity(prepared, job), recipe, model)
-            prepared.teachers.setdefault(job.key, {})[cell.protocol.hash] = teacher
+            prepared.teachers.setdefault(job.key, {})[protocol.hash] = teacher
 
 
 def _expert_buffers(prepared: Prepared, root: Path) -> None:
@@ -222,7 +212,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     sets = parse_sets(options.sets)
     method_texts = list(options.methods)
     if options.scores:
-        method_texts, sets = _with_score_cells(method_texts, sets)
+        method_texts, sets = scores.with_score_cells(method_texts, sets)
     resolver = Resolver(registry, options.preset, sets)
     device = pick_device(options.device)
     executor = _executor(options, resolver)
@@ -248,10 +238,9 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     )
     warnings = resolver.check_unused()
     _check_teachers(jobs, registry)
-    if options.scores:  # the full split is the scores' reference under hard labels only
+    if options.scores:
         for job in jobs:
-            if job.base.name == "full":
-                job.cells = [c for c in job.cells if c.protocol.params.labels == "hard" and c.protocol.params.dsa]
+            job.cells = [c for c in job.cells if scores.needed(job.base.name, c.protocol.params)]
     # only now the (possibly slow) loading: every cheaper check has passed
     root = data_root(options.data_root)
     bundles = {}

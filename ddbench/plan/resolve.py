@@ -23,6 +23,18 @@ from ddbench.registry import KINDS, Entry, Registry
 PRESETS = ("small", "paper")
 
 
+def namespaces(registry: Registry) -> list[str]:
+    """Every NS that ``--set NS.PARAM`` accepts: the registered components' names and ``eval``."""
+    return sorted({e.name for kind in KINDS for e in registry.entries(kind)} | {proto.NAMESPACE})
+
+
+def params_classes(registry: Registry, ns: str) -> list[type]:
+    """The ``Params`` classes that ``--set NS.*`` may address (several for namesakes)."""
+    if ns == proto.NAMESPACE:
+        return [proto.ProtocolParams]
+    return [e.cls.Params for kind in KINDS for e in registry.entries(kind) if e.name == ns and e.cls.Params]
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A component with concrete parameters; ``swept`` holds the values of sweep axes."""
@@ -159,7 +171,7 @@ class Resolver:
         for ns in sorted({ns for ns, _ in self.sets} - self.used):
             entries = [e for kind in KINDS for e in self.registry.entries(kind) if e.name == ns]
             if not entries:
-                valid = sorted({e.name for kind in KINDS for e in self.registry.entries(kind)} | {proto.NAMESPACE})
+                valid = namespaces(self.registry)
                 key = next(k for n, k in self.sets if n == ns)
                 raise DDBenchError(
                     f"--set {ns}.{key}: no component is named {ns!r}; valid names: {', '.join(valid)}"

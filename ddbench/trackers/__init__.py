@@ -109,8 +109,9 @@ def table(rows: list[ResultRow]) -> tuple[list[str], list[list]]:
 
 def enable(registry, names: str, store: str | Path, uri: str | None = None) -> list[Tracker]:
     """Register the trackers named by ``--track`` (comma list) on ``registry.pm`` for this
-    run; a bad name or a missing library is an error before anything is written. Their
-    files go beside ``store``; ``uri`` is MLflow's tracking URI (``--track-uri``)."""
+    run, each built by its module's ``make(folder, uri)``; a bad name or a missing library is
+    an error before anything is written. Their files go beside ``store``; ``uri`` is MLflow's
+    tracking URI (``--track-uri``)."""
     wanted = list(dict.fromkeys(n.strip() for n in (names or "").split(",") if n.strip()))
     for n in wanted:
         if n not in TRACKERS:
@@ -119,8 +120,7 @@ def enable(registry, names: str, store: str | Path, uri: str | None = None) -> l
         raise DDBenchError("--track-uri is MLflow's tracking URI: use it with --track mlflow")
     modules = {n: _load(n) for n in wanted}
     folder = Path(store).parent.resolve()
-    trackers = [modules[n].MLflowTracker(folder, uri) if n == "mlflow" else modules[n].WandbTracker(folder)
-                for n in wanted]
+    trackers = [modules[n].make(folder, uri) for n in wanted]
     for tracker in trackers:
         registry.pm.register(tracker, name=f"tracker-{tracker.name}")
     return trackers

@@ -96,3 +96,8 @@ class MLflowTracker(Tracker):
         metrics = [Metric(k, float(v), now, step) for step, values in steps.items() for k, v in values.items()]
         for i in range(0, len(metrics), MAX_METRICS):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS])
+
+
+def make(folder: Path, uri: str | None) -> MLflowTracker:
+    """The tracker ``--track mlflow`` registers (``uri``: ``--track-uri``)."""
+    return MLflowTracker(folder, uri)

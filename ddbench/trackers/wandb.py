@@ -67,3 +67,8 @@ class WandbTracker(Tracker):
     def abandon(self) -> None:
         if self.run is not None:
             self.run.finish(exit_code=1)
+
+
+def make(folder: Path, uri: str | None) -> WandbTracker:
+    """The tracker ``--track wandb`` registers (``--track-uri`` is MLflow's only)."""
+    return WandbTracker(folder)
