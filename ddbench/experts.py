@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch
 
 from ddbench.compiling import first_order
 from ddbench.data.bundle import DataBundle
-from ddbench.data.cache import cache_dir, temp_name
+from ddbench.data.cache import cache_dir, write_atomic
 from ddbench.keys import digest
 from ddbench.protocol import dsa, train_epoch
 
@@ -133,15 +132,9 @@ class ExpertBuffer:
         return data.x_train[idx], data.y_train[idx]
 
     def _save(self, i: int, params: torch.Tensor) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        target = self.path(i)
-        tmp = temp_name(target)
-        try:
-            save_file({"params": params.contiguous()}, str(tmp), metadata={"key": self.key})
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(self.path(i), save({"params": params.contiguous()}, metadata={"key": self.key}))
 
     def read(self, i: int, epochs: list[int]) -> list[torch.Tensor]:
         """Rows ``epochs`` of expert ``i`` (flat parameter vectors), reading only those."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import torch
 
 from ddbench.compiling import first_order
 from ddbench.data.bundle import DataBundle
-from ddbench.data.cache import cache_dir, temp_name
+from ddbench.data.cache import cache_dir, write_atomic
 from ddbench.keys import digest
 from ddbench.protocol import dsa, train_epoch
 
@@ -98,16 +97,10 @@ class Teacher:
         return True
 
     def _save(self, net: torch.nn.Module) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(self.path)
-        try:
-            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            save_file(state, str(tmp), metadata={"identity": json.dumps(self.identity, sort_keys=True)})
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        write_atomic(self.path, save(state, metadata={"identity": json.dumps(self.identity, sort_keys=True)}))
 
     def load(self, data: DataBundle, device: torch.device) -> torch.nn.Module:
         from safetensors.torch import load_file

@@ -127,20 +127,19 @@ class Prepared:
 
     def buffers(self) -> list[tuple[Job, ExpertBuffer]]:
         """Distinct expert buffers of the plan, each with the first job that needs it."""
-        seen: dict[str, tuple[Job, ExpertBuffer]] = {}
-        for job in self.jobs:
-            buf = self.experts.get(job.key)
-            if buf is not None and buf.key not in seen:
-                seen[buf.key] = (job, buf)
-        return list(seen.values())
+        return _first_per_key((job, self.experts[job.key]) for job in self.jobs if job.key in self.experts)
 
     def distinct_teachers(self) -> list[tuple[Job, Teacher]]:
         """Distinct teachers of the plan, each with the first job that needs it."""
-        seen: dict[str, tuple[Job, Teacher]] = {}
-        for job in self.jobs:
-            for t in self.teachers.get(job.key, {}).values():
-                seen.setdefault(t.key, (job, t))
-        return list(seen.values())
+        return _first_per_key((job, t) for job in self.jobs for t in self.teachers.get(job.key, {}).values())
+
+
+def _first_per_key(pairs) -> list:
+    """(job, thing) pairs with one per ``thing.key`` (its first job), in order."""
+    seen: dict[str, tuple] = {}
+    for job, thing in pairs:
+        seen.setdefault(thing.key, (job, thing))
+    return list(seen.values())
 
 
 def _dataset_identity(prepared: Prepared, job: Job) -> dict:
