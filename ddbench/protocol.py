@@ -272,25 +272,27 @@ def evaluate_many(
     Net i draws its permutations and DSA parameters from its own ``seeds[i]`` generator in
     ``evaluate``'s order, so it sees exactly the batches it would see alone; the parameters
     are stacked and trained with one vmapped forward and backward per batch and
-    ``torch.optim.SGD``'s update. Accuracies match ``evaluate`` up to float rounding. Nets
-    that are not ``batchable`` (BatchNorm, dropout), and soft- or teacher-label training, are
-    evaluated one after another. The nets are trained in place, as by ``evaluate``.
+    ``torch.optim.SGD``'s update. Accuracies match ``evaluate`` up to float rounding. Soft
+    labels are gathered per net like hard ones; under teacher labels the teacher relabels all
+    nets' augmented batches in one forward. Nets that are not ``batchable`` (BatchNorm,
+    dropout) are evaluated one after another. The nets are trained in place, as by ``evaluate``.
     ``progress`` counts the group's passes.
     """
     if len(nets) != len(seeds):
         raise ValueError(f"{len(nets)} networks but {len(seeds)} seeds")
-    if not _stackable(nets) or protocol.params.labels != "hard":
+    if not _stackable(nets):
         return _one_by_one(nets, synset, data, protocol, seeds, device, progress, teacher)
     p = protocol.params
-    stack = _Stack([net.to(device) for net in nets])
+    stack = _Stack([net.to(device) for net in nets], labels.loss_fn(p))
     epochs, lr = _schedule(synset, p)
     augment = augmenter(p, data)
-    x, y = synset.images.detach().to(device), synset.labels.to(device)
+    x = synset.images.detach().to(device)
+    y, relabel = labels.training_targets(synset, p, x, teacher)
     gens = [_generator(seed) for seed in seeds]
     opt = _SGD(stack.tensors, lr, p.momentum, p.weight_decay)
     decay_at = epochs // 2 + 1
     for ep in range(epochs + 1):
-        losses = _train_epoch_many(stack, opt, x, y, p.batch, augment, gens)
+        losses = _train_epoch_many(stack, opt, x, y, p.batch, augment, gens, relabel)
         if ep == decay_at:  # a fresh optimizer, as in evaluate: momentum starts over
             opt = _SGD(stack.tensors, opt.lr * 0.1, p.momentum, p.weight_decay)
         progress(ep + 1, epochs + 1)
@@ -311,22 +313,25 @@ def _one_by_one(nets, synset, data, protocol, seeds, device, progress, teacher=N
 
 
 class _Stack:
-    """The nets' parameters stacked along a leading axis, run through one ``vmap``."""
+    """The nets' parameters stacked along a leading axis, run through one ``vmap``;
+    ``loss_fn(logits, targets)`` is the protocol's training loss (``labels.loss_fn``)."""
 
-    def __init__(self, nets: list[torch.nn.Module]):
+    def __init__(self, nets: list[torch.nn.Module], loss_fn=F.cross_entropy):
         params, _ = stack_module_state(nets)  # new leaf tensors that require grad
         self.params = params
         self.tensors = list(params.values())
         self.size = len(nets)
         self.base = copy.deepcopy(nets[0]).to("meta")  # the architecture; holds no values
+        self.loss_fn = loss_fn
 
     def _call(self, params, x):
         return functional_call(self.base, params, (x,))
 
     def losses(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        """Each net's mean cross-entropy on its own batch: xb (N, B, ...), yb (N, B)."""
+        """Each net's loss on its own batch: xb (N, B, ...), yb (N, B) hard labels or
+        (N, B, classes) soft-label logits."""
         self.base.train()
-        return vmap(lambda p, x, y: F.cross_entropy(self._call(p, x), y))(self.params, xb, yb)
+        return vmap(lambda p, x, y: self.loss_fn(self._call(p, x), y))(self.params, xb, yb)
 
     def logits(self, xb: torch.Tensor) -> torch.Tensor:
         """Every net on the same images xb (B, ...): (N, B, classes)."""
@@ -362,13 +367,18 @@ class _SGD:
             param.add_(grad, alpha=-self.lr)
 
 
-def _train_epoch_many(stack: _Stack, opt: _SGD, x, y, batch: int, augment, gens) -> torch.Tensor:
-    """``train_epoch`` for every net at once; each generator is drawn from in its order."""
+def _train_epoch_many(stack: _Stack, opt: _SGD, x, y, batch: int, augment, gens, relabel=None) -> torch.Tensor:
+    """``train_epoch`` for every net at once; each generator is drawn from in its order.
+    ``relabel`` (teacher labels) sees all nets' augmented batches in one call."""
     perms = [torch.randperm(len(x), generator=g).to(x.device) for g in gens]
     for start in range(0, len(x), batch):
         idx = [perm[start : start + batch] for perm in perms]
         xb = torch.stack([x[i] if augment is None else augment(x[i], g) for i, g in zip(idx, gens, strict=True)])
-        losses = stack.losses(xb, torch.stack([y[i] for i in idx]))
+        if relabel is None:
+            yb = torch.stack([y[i] for i in idx])
+        else:
+            yb = relabel(xb.flatten(0, 1)).unflatten(0, xb.shape[:2])
+        losses = stack.losses(xb, yb)
         opt.step(torch.autograd.grad(losses.sum(), stack.tensors))
     return losses.detach()
 

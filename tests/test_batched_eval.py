@@ -62,6 +62,27 @@ def test_batched_convnet_equals_one_by_one_across_the_lr_decay(dsa):
     assert max_param_diff(alone[0], convnets()[0]) > 1e-2  # and training did move them
 
 
+@pytest.mark.parametrize("mode,loss", [("soft", "kl"), ("soft", "sce"), ("teacher", "kl")])
+def test_soft_and_teacher_labels_batched_equal_one_by_one(mode, loss):
+    """Soft labels (probabilities with a zero: a -inf logit) gathered per net, and a teacher
+    relabelling every net's augmented batch in one forward, train as each net would alone."""
+    data, synset = tiny_data()
+    probs = torch.softmax(torch.randn(20, 10, generator=torch.Generator().manual_seed(1)), 1)
+    probs[0, 3] = 0
+    synset.soft_labels, synset.soft_kind = probs / probs.sum(1, keepdim=True), "probabilities"
+    teacher = convnets(seeds=[99])[0] if mode == "teacher" else None
+    protocol = Protocol(ProtocolParams(**SMALL, labels=mode, soft_loss=loss, temperature=2.0), "paper")
+    alone, together = convnets(), convnets()
+    expected = [evaluate(net, synset, data, protocol, s, CPU, teacher=teacher)
+                for net, s in zip(alone, SEEDS, strict=True)]
+    got = evaluate_many(together, synset, data, protocol, SEEDS, CPU, teacher=teacher)
+    assert got == expected
+    assert all(max_param_diff(a, b) < 5e-3 for a, b in zip(alone, together, strict=True))
+    hard = convnets()
+    evaluate_many(hard, synset, data, Protocol(ProtocolParams(**SMALL), "paper"), SEEDS, CPU)
+    assert max_param_diff(hard[0], together[0]) > 1e-2  # the labels did change the training
+
+
 def test_each_network_keeps_its_own_seed():
     """Reversing the group reverses the results: net i follows seeds[i], not its position."""
     data, synset = tiny_data()
