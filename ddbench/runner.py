@@ -233,7 +233,7 @@ def _store_synset(store: Store, run: RunRow, task: Task, event: SynsetEvent, dev
     if event.synset is not None and job.base.entry.cls.save_artifact:
         rel = Path("artifacts") / f"{job.key}.safetensors"
         info = {"distill_key": job.key, "method": job.method.text, "params": job.params_record(),
-                "dataset": job.dataset_spec, "conditions": job.condition, "ipc": job.ipc, "seed": job.seed,
+                "dataset": job.dataset_name, "conditions": job.condition, "ipc": job.ipc, "seed": job.seed,
                 "mean": data.mean, "std": data.std, "classes": data.classes}
         artifacts.save_synset(store.path.parent / rel, event.synset, info)
         artifacts.save_grid(store.path.parent / rel.with_suffix(".png"), event.synset, data)
@@ -241,7 +241,7 @@ def _store_synset(store: Store, run: RunRow, task: Task, event: SynsetEvent, dev
     cost = event.cost
     row = SynsetRow(
         job.key, run_id=run.run_id, method=job.label, params=params_json(job.params_record()),
-        dataset=job.dataset_spec, conditions=job.condition, ipc=job.ipc, seed=job.seed,
+        dataset=job.dataset_name, conditions=job.condition, ipc=job.ipc, seed=job.seed,
         status=event.status, error=event.error, artifact=artifact, grid=grid,
         seconds=cost.seconds, cpu_seconds=cost.cpu_seconds, iterations=event.iterations,
         seconds_per_iter=event.seconds_per_iter, peak_mem_mb=cost.peak_mem_mb,
@@ -259,7 +259,7 @@ def result_row(run: RunRow, job: Job, event: ResultEvent, device: torch.device) 
     cell, cost = event.cell, event.cost
     return ResultRow(
         cell.key, distill_key=job.key, run_id=run.run_id, method=job.label,
-        params=params_json(job.params_record()), dataset=job.dataset_spec, conditions=job.condition,
+        params=params_json(job.params_record()), dataset=job.dataset_name, conditions=job.condition,
         ipc=job.ipc, seed=job.seed, model=cell.model_label, model_params=params_json(cell.model.params_dict()),
         eval_index=cell.eval_index, protocol=cell.protocol.label, protocol_hash=cell.protocol.hash,
         protocol_params=params_json(cell.protocol.as_dict()), status=event.status, accuracy=event.accuracy,

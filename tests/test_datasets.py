@@ -59,11 +59,15 @@ def test_register_datasets_registers_every_builtin():
 
 
 def test_imagefolder_params_are_typed_for_the_cli():
-    from ddbench.params import fields
+    from ddbench.params import build, fields
 
     info = {f.name: f for f in fields(ImageFolder.Params)}
     assert (info["size"].type_name, info["size"].default) == ("int", 32)
     assert (info["grayscale"].type_name, info["grayscale"].default) == ("bool", False)
+    assert info["stats"].default == "train"
+    assert build(ImageFolder.Params, {"stats": "cifar10"}, "imagefolder").stats == "cifar10"
+    with pytest.raises(DDBenchError, match="invalid value 'cifar' for imagefolder.stats: expected train or one of mnist"):
+        build(ImageFolder.Params, {"stats": "cifar"}, "imagefolder")
 
 
 # --------------------------------------------------------------------------- digits
@@ -187,6 +191,17 @@ def test_imagefolder_real_cifar10_jpegs(cifar_jpeg_subset, tmp_path, monkeypatch
         str(cifar_jpeg_subset), tmp_path, False
     )
     assert gray.x_train.shape == (100, 1, 32, 32) and len(gray.mean) == 1
+
+    # stats=cifar10: the reference constants on the same cached pixels (no decode)
+    monkeypatch.setattr(imagefolder, "decode_images", no_decode)
+    ref = ImageFolder(ImageFolder.Params(stats="cifar10")).load(str(cifar_jpeg_subset), tmp_path, False)
+    assert ref.mean == (0.4914, 0.4822, 0.4465) and ref.std == (0.2023, 0.1994, 0.2010)
+    assert torch.allclose(ref.denormalize(ref.x_train), x01, atol=1e-5)  # same pixels, other scale
+    assert ref.x_train.std() > 1.15 * d.x_train.std()  # the reference std is ~0.2, the data's ~0.25
+    with pytest.raises(DDBenchError, match="stats=cifar10 are for 3-channel images, these have 1"):
+        ImageFolder(ImageFolder.Params(grayscale=True, stats="cifar10")).load(str(cifar_jpeg_subset), tmp_path, False)
+    gray_ref = ImageFolder(ImageFolder.Params(grayscale=True, stats="mnist")).load(str(cifar_jpeg_subset), tmp_path, False)
+    assert gray_ref.mean == (0.1307,)
 
 
 def _write_image(path: Path, array: np.ndarray) -> None:

@@ -61,6 +61,18 @@ def test_cifar10_image_folder(ddb, tmp_path):
     assert len(got) == 4 and all(r["status"] == "ok" and r["dataset"] == spec for r in got)
     res = ddb("run", "--datasets", spec, "--ipc", "13", "--store", str(store), *TINY)
     assert res.code == 2 and "ipc 13 is larger than the smallest class" in res.err
+    # stats=train is the default: the same cells (keys unchanged by the parameter's addition);
+    # stats=cifar10 (the reference constants) is another dataset setting: new cells
+    common = ("--methods", "random", "--datasets", spec, "--ipc", "1", "--seeds", "0",
+              "--data-root", str(tmp_path / "data"), "--store", str(store), *TINY)
+    res = ddb("run", *common, "--set", "imagefolder.stats=train")
+    assert res.code == 0 and len(rows(store)) == 4, res.err
+    res = ddb("run", *common, "--set", "imagefolder.stats=cifar10")
+    assert res.code == 0, res.err
+    new = rows(store, f"dataset = '{spec}[stats=cifar10]'")  # stored apart: never pooled with stats=train
+    assert len(rows(store)) == 5 and len(new) == 1
+    res = ddb("report", "--store", str(store), "--methods", "random")
+    assert res.code == 0 and f"{spec}[stats=cifar10]" in res.out, res.out
 
 
 def test_dc_dsa_and_mtt_beat_random_at_ipc_1_on_mnist(ddb, tmp_path):

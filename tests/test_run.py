@@ -285,3 +285,24 @@ def test_data_root_comes_from_the_option_then_the_environment_then_datasets(ddb,
     monkeypatch.delenv("DDBENCH_DATA")
     res = ddb("run", "--datasets", "mnist", "--store", str(tmp_path / "r.sqlite"))
     assert res.code == 2 and "datasets/MNIST/raw" in res.err
+
+
+def test_dataset_settings_are_stored_apart_and_never_pooled(ddb, tmp_path):
+    """A swept or set dataset parameter is part of the stored dataset name: a report shows
+    each setting on its own row, and the default setting keeps the plain spec."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for c in ("a", "b"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    spec, store = f"imagefolder:{tmp_path / 'imgs'}", tmp_path / "r.sqlite"
+    res = ddb("run", "--methods", "random", "--datasets", spec, "--ipc", "1", "--seeds", "0", "--store", str(store),
+              "--data-root", str(tmp_path / "data"), "--set", "imagefolder.size=8,32", *TINY)
+    assert res.code == 0, res.err
+    assert sorted(r["dataset"] for r in rows(store)) == [spec, f"{spec}[size=8]"]
+    res = ddb("report", "--store", str(store))
+    assert res.code == 0 and f"{spec}[size=8]" in res.out

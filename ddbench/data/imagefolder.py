@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
@@ -17,10 +18,22 @@ from ddbench.components import DatasetSpec
 from ddbench.data import cache
 from ddbench.data.bundle import DataBundle
 from ddbench.data.cache import RawSplits
+from ddbench.data.cifar import CIFAR10, CIFAR100
 from ddbench.data.files import dataset_error, params_dict
 from ddbench.data.images import decode_images
+from ddbench.data.mnist import MNIST, FashionMNIST
 from ddbench.data.normalize import WITH_FLIP, channel_stats, to_bundle
+from ddbench.data.svhn import SVHN
 from ddbench.errors import DDBenchError
+from ddbench.params import Check
+
+#: ``stats=NAME``: the reference normalisation constants of the built-in datasets (mean, std)
+REFERENCE_STATS = {cls.name: (cls.mean, cls.std) for cls in (MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100)}
+
+
+def _stats_ok(value: str) -> bool:
+    return value == "train" or value in REFERENCE_STATS
+
 
 #: file suffixes ``imagefolder`` reads (case-insensitive); other files are ignored
 IMAGE_EXTENSIONS = (
@@ -73,16 +86,24 @@ class ImageFolder(DatasetSpec):
     searched recursively inside each class folder, hidden names skipped) are decoded as RGB
     (or grayscale with ``grayscale=true``), their shorter side resized to ``size``
     (antialiased) and centre-cropped to ``size`` x ``size``. Normalisation uses the
-    per-channel mean/std of the decoded train split; DSA strategy with flip.
+    per-channel mean/std of the decoded train split, or with ``stats=cifar10`` (any
+    dataset of ``REFERENCE_STATS``) that dataset's reference constants: a copy of CIFAR-10
+    is then normalised as the reference code normalises CIFAR-10 (its std 0.2023... is not
+    the data's 0.247..., which scales every pixel-space step: DC/DSA's image lr, DSA's
+    brightness, the noise init). DSA strategy with flip.
     """
 
     name = "imagefolder"
     takes_argument = True
+    #: added after results were stored: at "train" left out of keys, so those stay valid
+    late_params = {"stats": "train"}
 
     @dataclass
     class Params:
         size: int = field(default=32, metadata={"help": "side of the square images, in pixels"})
         grayscale: bool = field(default=False, metadata={"help": "decode as one channel"})
+        stats: Annotated[str, Check(_stats_ok, "train or one of " + ", ".join(REFERENCE_STATS))] = field(
+            default="train", metadata={"help": "normalisation: the train split's own mean/std, or a dataset's reference constants"})
 
     def load(self, arg: str | None, root: Path, download: bool) -> DataBundle:
         if not arg:
@@ -134,9 +155,13 @@ class ImageFolder(DatasetSpec):
                 classes,
             )
 
-        raw = cache.cached(
-            Path(root).expanduser(), f"{self.name}:{path}", params_dict(p),
-            sources, decode,
-        )
-        mean, std = channel_stats(raw.x_train, 255.0)
+        decoding = {k: v for k, v in params_dict(p).items() if k != "stats"}  # stats act after the cache
+        raw = cache.cached(Path(root).expanduser(), f"{self.name}:{path}", decoding, sources, decode)
+        if p.stats == "train":
+            mean, std = channel_stats(raw.x_train, 255.0)
+        else:
+            mean, std = REFERENCE_STATS[p.stats]
+            if len(mean) != raw.x_train.shape[1]:
+                raise dataset_error(spec, f"stats={p.stats} are for {len(mean)}-channel images, these have "
+                                          f"{raw.x_train.shape[1]} (grayscale={p.grayscale})")
         return to_bundle(spec, raw, mean, std, WITH_FLIP)

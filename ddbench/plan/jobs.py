@@ -64,9 +64,17 @@ class Job:
         return "+".join(parts)
 
     @property
+    def dataset_name(self) -> str:
+        """The dataset as stored: its spec, with the parameters that differ from their defaults
+        (``imagefolder:DIR[stats=cifar10]``), so that two settings never pool in a table.
+        Keys use the spec and the parameters (``dataset_spec``, ``dataset``)."""
+        extra = self.dataset.non_default()
+        return self.dataset_spec + ("[" + ",".join(f"{k}={v}" for k, v in extra) + "]" if extra else "")
+
+    @property
     def dataset_label(self) -> str:
         """The dataset as tables show it: ``cifar10``, or ``cifar10 [zca]`` under a condition."""
-        return dataset_label(self.dataset_spec, self.condition)
+        return dataset_label(self.dataset_name, self.condition)
 
     @property
     def ipc_label(self) -> str:

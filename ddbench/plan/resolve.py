@@ -56,6 +56,13 @@ class Resolved:
         late = getattr(self.entry.cls, "late_params", {})
         return {k: v for k, v in P.as_dict(self.params).items() if not (k in late and late[k] == v)}
 
+    def non_default(self) -> tuple[tuple[str, Any], ...]:
+        """The parameters (as ``params_dict`` keys them) that differ from the component's
+        defaults, swept or set."""
+        cls = self.entry.cls.Params
+        default = P.as_dict(cls()) if cls is not None else {}
+        return tuple((k, v) for k, v in self.params_dict().items() if k not in default or default[k] != v)
+
     def instance(self):
         return self.entry.cls(self.params)
 
