@@ -83,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "reproduce.sqlite"
+    copy = a.cifar10.startswith("imagefolder:")
+    stored_as = a.cifar10 + ("[stats=cifar10]" if copy else "")  # the dataset name its rows carry
     common = ["--datasets", a.cifar10, "--seeds", "0", "--preset", "paper", "--store", str(store),
               "--data-root", a.data_root, "--device", a.device, "--quiet",
               *_sets(f"eval.{k}={v}" for k, v in budget["eval"].items()),
               # a local copy is normalised with CIFAR-10's reference constants, as the papers' code does
-              *(_sets(["imagefolder.stats=cifar10"]) if a.cifar10.startswith("imagefolder:") else [])]
+              *(_sets(["imagefolder.stats=cifar10"]) if copy else [])]
     record = {"budget": a.budget, "deviations": budget["deviations"], "runs": []}
     for method, ipc, args in runs(a.cifar10, budget):
         cmd = [sys.executable, "-m", "ddbench", "run", *args, *common]
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = subprocess.run([*ddbench, "report", "--store", str(store), "--format", "json", "-o",
                           str(out / "report.json")], capture_output=True, text=True, cwd=REPO)
     chk = subprocess.run([*ddbench, "check", str(REPO / "results/baselines/reported.csv"), "--store", str(store),
-                          "--dataset-as", f"{a.cifar10}=cifar10"], capture_output=True, text=True, cwd=REPO)
+                          "--dataset-as", f"{stored_as}=cifar10"], capture_output=True, text=True, cwd=REPO)
     (out / "check.txt").write_text(chk.stdout + chk.stderr)
     record.update(report_exit=rep.returncode, check_exit=chk.returncode,
                   check_verdict=(chk.stdout.strip().splitlines() or [chk.stderr.strip()])[-1])

@@ -96,7 +96,7 @@ def samples(tables: list[Table], baseline: Baseline) -> dict[Key, tuple[Sample, 
 
 
 def in_selection(key: Key, f: Filters) -> bool:
-    return ((not f.datasets or key.dataset in f.datasets) and (not f.ipcs or key.ipc in f.ipcs)
+    return (f.dataset_ok(key.dataset) and (not f.ipcs or key.ipc in f.ipcs)
             and (not f.models or key.model in f.models)
             and (not f.conditions or key.conditions in f.conditions) and f.method_ok(key.method))
 

@@ -88,6 +88,10 @@ class Filters:
     def method_ok(self, label: str) -> bool:
         return not self.methods or any(label == m or label.startswith(m + "[") for m in self.methods)
 
+    def dataset_ok(self, name: str) -> bool:
+        """``--datasets X`` selects X and its settings (``X[stats=cifar10]``), as methods do."""
+        return not self.datasets or any(name == d or name.startswith(d + "[") for d in self.datasets)
+
 
 def environment(versions_json: str | None) -> str:
     try:
@@ -115,7 +119,7 @@ def load_rows(store: Store, filters: Filters) -> list[ResultRow]:
     rows = store.results(keys) if keys is not None else store.results()
     out = []
     for r in rows:
-        if filters.datasets and r.dataset not in filters.datasets:
+        if not filters.dataset_ok(r.dataset):
             continue
         if filters.ipcs and r.ipc_label not in filters.ipcs:
             continue
