@@ -83,7 +83,11 @@ class Progress:
         pct = 100 * self.done / self.total if self.total else 100
         elapsed = time.perf_counter() - self._start
         eta = ""
-        if 0 < self.done < self.total:
+        # time left by jobs, the unit of work: by cells, a run's first cells (after a long
+        # distillation) would extrapolate the distillation over every remaining cell
+        if self.jobs and 0 < self.jobs_done < self.jobs:
+            eta = f", ~{_clock(elapsed / self.jobs_done * (self.jobs - self.jobs_done))} left"
+        elif not self.jobs and 0 < self.done < self.total:
             eta = f", ~{_clock(elapsed / self.done * (self.total - self.done))} left"
         fails = f", {self.failed} failed" if self.failed else ""
         return f"[{self.done}/{self.total} cells {pct:3.0f}% {_clock(elapsed)}{eta}{fails}]"

@@ -57,3 +57,20 @@ def test_heartbeat_waits_between_lines():
     for step in range(1, 50):
         prog.update("distill", step, 50)
     assert len(out.getvalue().splitlines()) == 1  # only the job's start
+
+
+def test_time_left_counts_jobs_not_the_cells_after_a_long_distillation(monkeypatch):
+    """One job of 20 cells: after an hour of distillation and 5 quick cells, the run's time left
+    is not 3 hours (cells extrapolated); with a second job still to run it is an hour."""
+    clock = iter([0.0, 3600.0, 3600.0])
+    monkeypatch.setattr("ddbench.progress.time.perf_counter", lambda: next(clock))
+    one = Progress(20, stream=io.StringIO(), total_jobs=1, heartbeat=0)
+    for _ in range(5):
+        one.cell_done(True)
+    assert "left" not in one._head()
+    clock = iter([0.0, 3600.0])
+    two = Progress(40, stream=io.StringIO(), total_jobs=2, heartbeat=0)
+    for _ in range(20):
+        two.cell_done(True)
+    two.job_done()
+    assert "~1:00:00 left" in two._head()
