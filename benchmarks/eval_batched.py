@@ -18,10 +18,11 @@ import time
 import torch
 
 from ddbench.allocator import tune_allocator
+from ddbench.batched_eval import evaluate_many
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
 from ddbench.models.convnet import ConvNet
-from ddbench.protocol import Protocol, ProtocolParams, evaluate, evaluate_many
+from ddbench.protocol import Protocol, ProtocolParams, evaluate
 
 
 def problem(test_images: int) -> tuple[DataBundle, SyntheticSet]:

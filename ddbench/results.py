@@ -86,11 +86,16 @@ class Filters:
     conditions: list[str] | None = None
 
     def method_ok(self, label: str) -> bool:
-        return not self.methods or any(label == m or label.startswith(m + "[") for m in self.methods)
+        return _selects(self.methods, label)
 
     def dataset_ok(self, name: str) -> bool:
         """``--datasets X`` selects X and its settings (``X[stats=cifar10]``), as methods do."""
-        return not self.datasets or any(name == d or name.startswith(d + "[") for d in self.datasets)
+        return _selects(self.datasets, name)
+
+
+def _selects(wanted: list[str] | None, name: str) -> bool:
+    """No filter, or ``name`` is a wanted one or one of its variants (``NAME[k=v]``)."""
+    return not wanted or any(name == w or name.startswith(w + "[") for w in wanted)
 
 
 def environment(versions_json: str | None) -> str:

@@ -9,11 +9,13 @@ import torch
 from conftest import rows
 from torch import nn
 
+from ddbench import batched_eval
 from ddbench import protocol as proto
+from ddbench.batched_eval import batchable, evaluate_many
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
 from ddbench.models.convnet import ConvNetModule
-from ddbench.protocol import Protocol, ProtocolParams, batchable, evaluate, evaluate_many
+from ddbench.protocol import Protocol, ProtocolParams, evaluate
 
 CPU = torch.device("cpu")
 SEEDS = [3, 7, 11]
@@ -115,7 +117,7 @@ def test_batchnorm_networks_fall_back_to_one_by_one(monkeypatch):
     def no_stack(nets):
         raise AssertionError("a BatchNorm network must not be stacked")
 
-    monkeypatch.setattr(proto, "_Stack", no_stack)
+    monkeypatch.setattr(batched_eval, "_Stack", no_stack)
     data, synset = tiny_data()
     protocol = Protocol(ProtocolParams(**SMALL), "paper")
     alone, together = convnets("batchnorm"), convnets("batchnorm")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ddbench.batched_eval import evaluate_many
 from ddbench.checkpoint import Checkpointer, CheckpointPolicy
 from ddbench.components import DistillContext, SyntheticSet
 from ddbench.cost import device_name, measure
@@ -25,7 +26,6 @@ from ddbench.experts import ExpertBuffer
 from ddbench.keys import params_json
 from ddbench.plan import Cell, Job
 from ddbench.progress import Progress
-from ddbench.protocol import evaluate_many
 from ddbench.records import Cost, ResultEvent, SynsetEvent, failed_event
 from ddbench.teacher import Teacher
 
