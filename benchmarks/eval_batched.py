@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from ddbench.allocator import tune_allocator
-from ddbench.batched_eval import evaluate_many
+from ddbench.builtins.models.convnet import ConvNet
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
-from ddbench.models.convnet import ConvNet
-from ddbench.protocol import Protocol, ProtocolParams, evaluate
+from ddbench.evaluation.batched import evaluate_many
+from ddbench.evaluation.protocol import Protocol, ProtocolParams, evaluate
+from ddbench.runtime.allocator import tune_allocator
 
 
 def problem(test_images: int) -> tuple[DataBundle, SyntheticSet]:

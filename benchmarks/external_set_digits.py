@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     digits = load_digits()
     train, _ = train_test_split(np.arange(len(digits.target)), test_size=0.3, stratify=digits.target,
-                                random_state=0)  # ddbench's digits split (ddbench.data.digits)
+                                random_state=0)  # ddbench's digits split (ddbench.builtins.datasets.digits)
     train = np.sort(train)
     x = digits.images[train].round().astype(np.float32) / 16.0  # pixels in [0, 1]
     y = digits.target[train]

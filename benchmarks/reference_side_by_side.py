@@ -24,7 +24,7 @@ checkout, of which MTT's ``utils.py`` is a copy) against ``ddbench bench``'s ``m
 expert end points are stand-ins on both sides. Reported: per side, the median over
 repetitions of each worker's median seconds per outer iteration (after one warm-up
 iteration), its peak RSS, and the ratio ddbench / reference. Much of ddbench's lead on CPU
-is its malloc tuning (``ddbench.allocator``); ``--tune-reference`` gives the reference side the
+is its malloc tuning (``ddbench.runtime.allocator``); ``--tune-reference`` gives the reference side the
 same tuning, so the rest of the difference shows on its own.
 
 ``--outer``/``--inner`` shrink an IPC-10 iteration (10 x 50 loops in the reference schedule)
@@ -237,8 +237,8 @@ def ddbench_run(method: str, ipc: int, iterations: int, outer: int, inner: int, 
 # --- driver -------------------------------------------------------------------------------
 
 def worker(a) -> dict:
-    from ddbench.allocator import tune_allocator
     from ddbench.bench import random_bundle
+    from ddbench.runtime.allocator import tune_allocator
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -265,7 +265,7 @@ def worker(a) -> dict:
 
 
 def _loops(ipc: int, a) -> tuple[int, int]:
-    from ddbench.distillers.gradient_matching import REFERENCE_LOOPS
+    from ddbench.builtins.distillers.gradient_matching import REFERENCE_LOOPS
 
     if ipc not in REFERENCE_LOOPS:
         raise SystemExit(f"IPC {ipc} is not in the reference schedule {sorted(REFERENCE_LOOPS)}")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the authors' per-setting MTT values (ddbench.distillers.mtt.PAPER_TABLE) keyed for CIFAR-10:
+# the authors' per-setting MTT values (ddbench.builtins.distillers.mtt.PAPER_TABLE) keyed for CIFAR-10:
 # a local image-folder copy is not named cifar10, so the preset cannot find them itself
 BUDGETS = {
     "gpu": {
@@ -54,7 +54,7 @@ BUDGETS = {
 
 def runs(spec: str, budget: dict) -> list[tuple[str, int, list[str]]]:
     """(method, ipc, ddbench run arguments) for each published row."""
-    from ddbench.distillers.mtt import PAPER_TABLE
+    from ddbench.builtins.distillers.mtt import PAPER_TABLE
 
     out = []
     for ipc in (1, 10):

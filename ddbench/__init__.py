@@ -6,14 +6,9 @@ implementations and the component base classes they register.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 import pluggy
 
-try:
-    __version__ = version("ddbench")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+from ddbench.version import __version__
 
 hookimpl = pluggy.HookimplMarker("ddbench")
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddbench import compiling
+from ddbench.runtime import compiling
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class _StandInExperts:
     """Expert end points for timing: a fresh network's parameters and a perturbation."""
 
     def __init__(self, net: torch.nn.Module):
-        from ddbench.experts import flat_params
+        from ddbench.evaluation.experts import flat_params
 
         g = torch.Generator().manual_seed(0)
         self.start = flat_params(net)
@@ -168,9 +168,9 @@ def measure_distill(setting: Setting, data, iterations: int, device: torch.devic
 def measure_experts(data, epochs: int, device: torch.device, flops: bool = True) -> tuple[list[float], int | None]:
     """Seconds per epoch of expert training with the reference settings (``buffer.py``), and
     (``flops``) the FLOPs of one more epoch."""
-    from ddbench.augment import resolve_strategy
-    from ddbench.distillers.mtt import MTT
-    from ddbench.protocol import dsa, train_epoch
+    from ddbench.builtins.distillers.mtt import MTT
+    from ddbench.evaluation.augment import resolve_strategy
+    from ddbench.evaluation.training import dsa, train_epoch
     from ddbench.registry import load_registry
 
     p = MTT.Params()
@@ -216,7 +216,7 @@ def _peak_mb(device: torch.device) -> float:
 def run_one(name: str, data_spec: str, root: str, iterations: int, device: str, count_flops: bool = True) -> dict:
     """Measure one setting in this process (the worker side of ``ddbench bench``), with the malloc
     tuning that ``ddbench run`` applies, so the numbers are those of a run."""
-    from ddbench.allocator import tune_allocator
+    from ddbench.runtime.allocator import tune_allocator
 
     tuned = tune_allocator()
     setting = BY_NAME[name]

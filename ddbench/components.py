@@ -19,9 +19,9 @@ from ddbench.synthetic import SyntheticSet
 if TYPE_CHECKING:
     from torch import nn
 
-    from ddbench.checkpoint import Checkpointer
     from ddbench.data.bundle import DataBundle
-    from ddbench.experts import ExpertBuffer, ExpertRecipe
+    from ddbench.evaluation.experts import ExpertBuffer, ExpertRecipe
+    from ddbench.storage.checkpoint import Checkpointer
 
 
 class Component:
@@ -96,7 +96,7 @@ class DistillContext:
     component: Callable[[str, str], Component] | None = None
     #: scalar series recorded during distillation (stored with the set): name -> [(step, value)]
     trace: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    #: this distillation's checkpoint file (``ddbench.checkpoint``); None = not resumable
+    #: this distillation's checkpoint file (``ddbench.storage.checkpoint``); None = not resumable
     checkpointer: Checkpointer | None = None
     _objective_gen: torch.Generator | None = field(default=None, repr=False)
 
@@ -132,9 +132,9 @@ class DistillContext:
 
     def first_order(self, net: nn.Module | Callable):
         """``net`` (a module or a function of tensors) for passes differentiated at most once,
-        compiled where this process compiles (``ddbench.compiling``); it shares ``net``'s
+        compiled where this process compiles (``ddbench.runtime.compiling``); it shares ``net``'s
         parameters; never ``create_graph`` through it."""
-        from ddbench.compiling import first_order
+        from ddbench.runtime.compiling import first_order
 
         return first_order(net, self.device, self.data.image_size)
 
@@ -172,7 +172,7 @@ class DistillContext:
         saved = ck.load() if ck is not None else None
         if saved is None:
             return 0
-        from ddbench.checkpoint import restore
+        from ddbench.storage.checkpoint import restore
 
         restore(state, saved.state["distiller"], "the distiller")
         self._restore_own(saved.state["context"])
@@ -226,7 +226,7 @@ class Distiller(Component):
     uses_ipc: ClassVar[bool] = True
     #: False when the output is not worth storing (``full`` returns the training split)
     save_artifact: ClassVar[bool] = True
-    #: the named evaluation protocol of the method's paper (``ddbench.protocols``: "dc",
+    #: the named evaluation protocol of the method's paper (``ddbench.builtins.protocols``: "dc",
     #: "dsa", "dm", "mtt"), used under ``--set eval.protocol=method`` (the ``paper``
     #: preset); None = ddbench's uniform protocol
     paper_protocol: ClassVar[str | None] = None
@@ -288,7 +288,7 @@ class Objective(Component):
     def state_dict(self) -> dict[str, Any]:
         """What a resumed distillation needs to continue exactly (trained heads, their
         optimizer, pending gradients), saved with every checkpoint: tensors, optimizers,
-        generators, modules, JSON data (``ddbench.checkpoint.pack``; never pickled)."""
+        generators, modules, JSON data (``ddbench.storage.checkpoint.pack``; never pickled)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

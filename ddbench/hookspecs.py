@@ -46,7 +46,7 @@ def register_executors(register):
 def cell_finished(record):
     """Called by the driver after each evaluation row is stored (for loggers).
 
-    ``record`` is the ``ddbench.records.ResultRow`` as stored (cell key, method, dataset, ipc,
+    ``record`` is the ``ddbench.storage.records.ResultRow`` as stored (cell key, method, dataset, ipc,
     seed, model, eval_index, status, accuracy, error, seconds, peak memory, protocol,
     versions, ...), read by attribute; ``record.as_dict()`` gives a plain dict.
     """
@@ -56,7 +56,7 @@ def cell_finished(record):
 def run_started(run, config):
     """Called by the driver once the plan is checked, before any work (for trackers).
 
-    ``run`` is the ``ddbench.records.RunRow`` as stored (run id, command, preset, versions,
+    ``run`` is the ``ddbench.storage.records.RunRow`` as stored (run id, command, preset, versions,
     git revision); ``config`` the run's fully resolved configuration as a plain dict (what
     ``ddbench run --print-config`` prints: rerunning it plans the same cells).
     """
@@ -66,7 +66,7 @@ def run_started(run, config):
 def synset_stored(record, artifact, grid, trace):
     """Called by the driver after a distillation's row is stored (ok or failed).
 
-    ``record`` is the ``ddbench.records.SynsetRow``; ``artifact`` and ``grid`` the absolute
+    ``record`` is the ``ddbench.storage.records.SynsetRow``; ``artifact`` and ``grid`` the absolute
     paths of the stored set (.safetensors) and its image grid (.png), or None; ``trace`` the
     scalar series recorded while distilling, ``{name: [(step, value), ...]}`` (MIM's
     estimates, losses).

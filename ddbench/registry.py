@@ -19,8 +19,9 @@ from importlib.metadata import entry_points
 
 import pluggy
 
-from ddbench import __version__, hookspecs
+from ddbench import hookspecs
 from ddbench.errors import DDBenchError, choices_error
+from ddbench.version import __version__
 
 KINDS = ("distillers", "objectives", "mi_estimators", "models", "datasets", "executors")
 
@@ -35,22 +36,22 @@ NOUN = {
 }
 
 BUILTIN_PLUGINS = (
-    "ddbench.distillers.random",
-    "ddbench.distillers.full",
-    "ddbench.distillers.dm",
-    "ddbench.distillers.gradient_matching",
-    "ddbench.distillers.mtt",
-    "ddbench.distillers.mim",
-    "ddbench.distillers.file",
-    "ddbench.objectives.mim",
-    "ddbench.mi",
-    "ddbench.models.convnet",
-    "ddbench.models.timm_models",
-    "ddbench.models.classic",
-    "ddbench.data.builtin",
-    "ddbench.executors.local",
-    "ddbench.executors.ray",
-    "ddbench.executors.slurm",
+    "ddbench.builtins.distillers.random",
+    "ddbench.builtins.distillers.full",
+    "ddbench.builtins.distillers.dm",
+    "ddbench.builtins.distillers.gradient_matching",
+    "ddbench.builtins.distillers.mtt",
+    "ddbench.builtins.distillers.mim",
+    "ddbench.builtins.distillers.file",
+    "ddbench.builtins.objectives.mim",
+    "ddbench.builtins.mi_estimators",
+    "ddbench.builtins.models.convnet",
+    "ddbench.builtins.models.timm_models",
+    "ddbench.builtins.models.classic",
+    "ddbench.builtins.datasets.plugin",
+    "ddbench.builtins.executors.local",
+    "ddbench.builtins.executors.ray",
+    "ddbench.builtins.executors.slurm",
 )
 
 ENTRY_POINT_GROUP = "ddbench"
@@ -133,7 +134,7 @@ class Registry:
 
     def late_params(self) -> dict[str, dict]:
         """component name -> its ``late_params`` (distillers and objectives): what reports
-        need to label stored variants (``ddbench.results.group``)."""
+        need to label stored variants (``ddbench.analysis.results.group``)."""
         return {e.name: dict(getattr(e.cls, "late_params", {}))
                 for kind in ("distillers", "objectives") for e in self.entries(kind)}
 

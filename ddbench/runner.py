@@ -1,8 +1,8 @@
 """The sweep driver: prepare the plan, drive its jobs through the executor, store every row.
 
 ``ddbench.plan.prepare`` checks everything before anything is written. Jobs run through
-the chosen executor plugin (``ddbench.executors.tasks.run_job``), in this process or in
-workers, and yield typed events (``ddbench.records``); only this driver turns them into
+the chosen executor plugin (``ddbench.execution.tasks.run_job``), in this process or in
+workers, and yield typed events (``ddbench.storage.records``); only this driver turns them into
 rows and writes the store and the artifacts. Expert trajectories are trained here, before
 any job runs, so that no two workers ever build the same buffer.
 """
@@ -19,24 +19,20 @@ from pathlib import Path
 
 import torch
 
-from ddbench import __version__, artifacts, checkpoint, compiling
-from ddbench.allocator import tune_allocator
 from ddbench.components import SyntheticSet, WorkerLost
-from ddbench.cost import device_name
-from ddbench.executors.tasks import Task, job_text, reporter, run_job
+from ddbench.execution.events import ResultEvent, SynsetEvent, failed_event
+from ddbench.execution.tasks import Task, job_text, reporter, run_job
 from ddbench.keys import params_json
 from ddbench.plan import Job, Prepared, RunOptions, prepare
-from ddbench.progress import Progress
-from ddbench.records import (
-    ResultEvent,
-    ResultRow,
-    RunRow,
-    SynsetEvent,
-    SynsetRow,
-    failed_event,
-)
 from ddbench.registry import Registry
-from ddbench.store import Store, check_writable
+from ddbench.runtime import compiling
+from ddbench.runtime.allocator import tune_allocator
+from ddbench.runtime.cost import device_name
+from ddbench.runtime.progress import Progress
+from ddbench.storage import artifacts, checkpoint
+from ddbench.storage.records import ResultRow, RunRow, SynsetRow
+from ddbench.storage.store import Store, check_writable
+from ddbench.version import __version__
 
 
 def versions() -> dict:
@@ -49,7 +45,7 @@ def versions() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
-        "compile": compiling.mode(),  # an execution setting (ddbench.compiling), not in any key
+        "compile": compiling.mode(),  # an execution setting (ddbench.runtime.compiling), not in any key
     }
 
 
@@ -236,7 +232,8 @@ def _store_synset(store: Store, run: RunRow, task: Task, event: SynsetEvent, dev
                 "dataset": job.dataset_name, "conditions": job.condition, "ipc": job.ipc, "seed": job.seed,
                 "mean": data.mean, "std": data.std, "classes": data.classes}
         artifacts.save_synset(store.path.parent / rel, event.synset, info)
-        artifacts.save_grid(store.path.parent / rel.with_suffix(".png"), event.synset, data)
+        artifacts.save_grid(store.path.parent / rel.with_suffix(".png"), event.synset, data.num_classes,
+                           data.denormalize)
         artifact, grid = str(rel), str(rel.with_suffix(".png"))
     cost = event.cost
     row = SynsetRow(

@@ -1,4 +1,4 @@
-"""Tests for ddbench.augment (DSA): Siamese groups, the reference formulas, autograd, RNG use."""
+"""Tests for ddbench.evaluation.augment (DSA): Siamese groups, the reference formulas, autograd, RNG use."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddbench.augment import (
+from ddbench.errors import DDBenchError
+from ddbench.evaluation.augment import (
     DEFAULT_STRATEGY,
     DSA_OPS,
     DSAParams,
@@ -21,7 +22,6 @@ from ddbench.augment import (
     parse_strategy,
     siamese_groups,
 )
-from ddbench.errors import DDBenchError
 
 SHAPES = [(4, 1, 28, 28), (4, 3, 32, 32), (4, 1, 8, 8), (3, 3, 8, 12)]
 STRATEGIES = [*DSA_OPS, DEFAULT_STRATEGY]

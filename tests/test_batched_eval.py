@@ -9,13 +9,13 @@ import torch
 from conftest import rows
 from torch import nn
 
-from ddbench import batched_eval
-from ddbench import protocol as proto
-from ddbench.batched_eval import batchable, evaluate_many
+from ddbench.builtins.models.convnet import ConvNetModule
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
-from ddbench.models.convnet import ConvNetModule
-from ddbench.protocol import Protocol, ProtocolParams, evaluate
+from ddbench.evaluation import batched as batched_eval
+from ddbench.evaluation import protocol as proto
+from ddbench.evaluation.batched import batchable, evaluate_many
+from ddbench.evaluation.protocol import Protocol, ProtocolParams, evaluate
 
 CPU = torch.device("cpu")
 SEEDS = [3, 7, 11]

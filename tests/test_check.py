@@ -16,7 +16,7 @@ from conftest import REPO, TINY
 from scipy import stats as st
 from test_report import fixed_store
 
-from ddbench import baselines, stats
+from ddbench.analysis import baselines, stats
 
 BASELINES = REPO / "results" / "baselines"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddbench import checkpoint as C
-from ddbench.artifacts import load_synset
 from ddbench.errors import DDBenchError
-from ddbench.store import Store
+from ddbench.storage import checkpoint as C
+from ddbench.storage.artifacts import load_synset
+from ddbench.storage.store import Store
 
 #: a test plugin objective that adds nothing to the loss; it logs ``<job key> <step>`` of
 #: every call to $KILL_LOG and SIGKILLs its own process at step $KILL_AT of a distillation

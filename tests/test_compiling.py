@@ -1,4 +1,4 @@
-"""``ddbench.compiling``: compiled first-order passes compute what the eager ones do (to float
+"""``ddbench.runtime.compiling``: compiled first-order passes compute what the eager ones do (to float
 rounding), the ``auto`` policy, the fallback when compilation fails, and the CLI option."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import TINY, rows
 
-from ddbench import compiling
-from ddbench.compiling import FirstOrder, enabled, first_order
-from ddbench.distillers.dm import matching_loss as dm_loss
-from ddbench.distillers.gradient_matching import class_loss
+from ddbench.builtins.distillers.dm import matching_loss as dm_loss
+from ddbench.builtins.distillers.gradient_matching import class_loss
+from ddbench.builtins.models.convnet import ConvNetModule
 from ddbench.errors import DDBenchError
-from ddbench.models.convnet import ConvNetModule
-from ddbench.protocol import train_epoch
+from ddbench.evaluation.training import train_epoch
+from ddbench.runtime import compiling
+from ddbench.runtime.compiling import FirstOrder, enabled, first_order
 
 CPU = torch.device("cpu")
 
@@ -135,7 +135,7 @@ def test_compile_option_reaches_the_workers_and_the_record(ddb, tmp_path, monkey
 def test_mtt_recompute_with_a_compiled_forward_unroll_matches_full_backpropagation(monkeypatch):
     """The forward unroll (differentiated once) compiled, the replayed steps eager: the image and
     lr gradients still equal full back-propagation through the whole unroll, to float32 rounding."""
-    from ddbench.distillers.mtt import Student, match_backward, trajectory_loss
+    from ddbench.builtins.distillers.mtt import Student, match_backward, trajectory_loss
 
     monkeypatch.setenv(compiling.ENV, "on")
     monkeypatch.setattr(FirstOrder, "_broken", False)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import TINY, rows
 
-from ddbench import conditions
-from ddbench.conditions import ZCA, ZCA_EPS
+from ddbench.data import conditions
+from ddbench.data.conditions import ZCA, ZCA_EPS
 
 
 def _correlated(n=4000, d=12, seed=0):
@@ -36,7 +36,7 @@ def test_zca_matches_the_reference_formula():
 
 
 def test_zca_bundle_fits_on_train_applies_to_test_and_is_cached(tmp_path, monkeypatch):
-    from ddbench.data.digits import Digits
+    from ddbench.builtins.datasets.digits import Digits
 
     data = Digits().load(None, tmp_path, False)
     white = conditions.apply(data, "zca", tmp_path)
@@ -97,7 +97,7 @@ def test_condition_changes_the_key_only_when_not_clean(ddb, tmp_path, condition)
 
 
 def _digits(root):
-    from ddbench.data.digits import Digits
+    from ddbench.builtins.datasets.digits import Digits
 
     return Digits().load(None, root, False)
 
@@ -227,8 +227,8 @@ def test_seeded_conditions_give_each_seed_its_own_bundle(tmp_path):
 
 
 def test_ipc_above_a_rare_class_is_capped_under_imbalance(tmp_path):
+    from ddbench.builtins.distillers.random import init_synthetic, sample_real
     from ddbench.components import DistillContext
-    from ddbench.distillers.random import init_synthetic, sample_real
 
     data = conditions.apply(_digits(tmp_path), "imbalance:10", tmp_path, seed=0)
     counts = data.class_counts()  # 124 ... 12

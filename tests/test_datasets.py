@@ -20,12 +20,14 @@ import pytest
 import torch
 from conftest import SHARED_DATA as SHARED
 
-from ddbench.data import builtin, cache, imagefolder
-from ddbench.data.cifar import CIFAR10, CIFAR100
-from ddbench.data.digits import Digits
-from ddbench.data.imagefolder import ImageFolder
-from ddbench.data.mnist import MNIST, FashionMNIST
-from ddbench.data.svhn import SVHN
+from ddbench.builtins.datasets import imagefolder
+from ddbench.builtins.datasets import plugin as builtin
+from ddbench.builtins.datasets.cifar import CIFAR10, CIFAR100
+from ddbench.builtins.datasets.digits import Digits
+from ddbench.builtins.datasets.imagefolder import ImageFolder
+from ddbench.builtins.datasets.mnist import MNIST, FashionMNIST
+from ddbench.builtins.datasets.svhn import SVHN
+from ddbench.data import cache
 from ddbench.errors import DDBenchError
 
 CIFAR10_CLASSES = [

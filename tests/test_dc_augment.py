@@ -1,4 +1,4 @@
-"""Tests for ddbench.dc_augment: DC's evaluation augmentation against hand-built cases.
+"""Tests for ddbench.evaluation.dc_augment: DC's evaluation augmentation against hand-built cases.
 
 Expected outputs are built independently: crops by numpy padding and slicing, scales by the
 reference recipe (``F.interpolate`` then a zero canvas), rotations by
@@ -17,8 +17,15 @@ import torchvision.transforms.functional as TF
 from scipy.ndimage import rotate as scipy_rotate
 from torchvision.transforms import InterpolationMode
 
-from ddbench.dc_augment import DC_OPS, DCAugParams, _rotate, _scale, dc_augment, dc_strategy
 from ddbench.errors import DDBenchError
+from ddbench.evaluation.dc_augment import (
+    DC_OPS,
+    DCAugParams,
+    _rotate,
+    _scale,
+    dc_augment,
+    dc_strategy,
+)
 
 
 def gen(seed: int) -> torch.Generator:

@@ -21,9 +21,9 @@ import pytest
 import torch
 from conftest import TINY, rows
 
-from ddbench.executors import worker
-from ddbench.records import ResultRow
-from ddbench.store import Store
+from ddbench.execution import worker
+from ddbench.storage.records import ResultRow
+from ddbench.storage.store import Store
 
 #: the tables as the first stores were created, before columns were added to the records
 FIRST_SCHEMA = """
@@ -75,7 +75,7 @@ class Killer(ddbench.Distiller):
         if ctx.ipc == 2 and os.path.exists(flag):
             os.remove(flag)
             os.kill(os.getpid(), signal.SIGKILL)
-        from ddbench.distillers.random import sample_real
+        from ddbench.builtins.distillers.random import sample_real
         return sample_real(ctx, ctx.generator())
 
 

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ddbench import conditions
-from ddbench.data.digits import Digits
+from ddbench.builtins.datasets.digits import Digits
+from ddbench.data import conditions
+from ddbench.data.released import fit_to_dataset, read_external
 from ddbench.errors import DDBenchError
-from ddbench.external import content_hash, fit_to_dataset, read_external
+from ddbench.storage.atomic import content_hash
 
 WHO = "paper-x"
 N = 20

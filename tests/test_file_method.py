@@ -13,7 +13,7 @@ from conftest import TINY, rows
 from PIL import Image
 from safetensors.torch import save_file
 
-from ddbench.data.digits import Digits
+from ddbench.builtins.datasets.digits import Digits
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_released_sets_in_every_format_beside_random_and_dm(ddb, tmp_path, digit
         params = json.loads(by_method[f"file:{path}"]["params"])["file"]
         assert params["path"] == path and len(params["sha256"]) == 64
     # the real images, whatever the format, are the same set: pixel and normalised files fit alike
-    from ddbench.artifacts import load_synset
+    from ddbench.storage.artifacts import load_synset
 
     synsets = {}
     for r in got:

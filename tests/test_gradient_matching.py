@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import rows
 
-from ddbench.distillers.gradient_matching import (
+from ddbench.builtins.distillers.gradient_matching import (
     REFERENCE_LOOPS,
     layer_distance,
     loops_for,

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from conftest import rows
 
-from ddbench import labels, scores
+from ddbench.analysis import scores
 from ddbench.components import SyntheticSet
-from ddbench.protocol import Protocol, ProtocolParams
+from ddbench.evaluation import labels
+from ddbench.evaluation.protocol import Protocol, ProtocolParams
 
 SMALL = ["--datasets", "digits", "--ipc", "1", "--seeds", "0", "--set", "eval.epochs=3",
          "--set", "eval.num_eval=2", "--set", "eval.teacher_epochs=2", "--quiet"]
@@ -119,7 +120,7 @@ def test_a_plugin_returns_soft_labels_and_they_are_trained_on(ddb, tmp_path, fak
     res = ddb("run", "--methods", "smooth", *SMALL, "--set", "eval.labels=soft", "--store", str(store))
     assert res.code == 0, res.err
     assert "teacher" not in res.err  # its own soft labels: no teacher planned or trained
-    from ddbench.artifacts import load_synset
+    from ddbench.storage.artifacts import load_synset
 
     (art,) = (tmp_path / "artifacts").glob("*.safetensors")
     synset = load_synset(art)
@@ -161,7 +162,7 @@ def test_scores_match_a_hand_computation(ddb, tmp_path):
 
 
 def test_scores_say_what_is_missing():
-    from ddbench.results import CellId, Sample, Table
+    from ddbench.analysis.results import CellId, Sample, Table
 
     params = {"name": "ddbench-eval", "version": 1, "dsa": True}
     t = Table("ddbench-eval/v1", "h", params, "env", ["random", "dm", "full"])
@@ -224,7 +225,7 @@ def run_finished(run, ran, skipped, failed):
 
 def test_run_finished_is_called_when_a_teacher_cannot_be_trained(ddb, tmp_path, fake_plugin, monkeypatch):
     """Trackers close their runs even when the run stops before its first job (teacher training)."""
-    from ddbench.teacher import Teacher
+    from ddbench.evaluation.teacher import Teacher
 
     log = tmp_path / "hooks.log"
     monkeypatch.setenv("HOOK_LOG", str(log))

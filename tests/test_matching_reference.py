@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench.augment import diff_augment
+from ddbench.builtins.distillers.gradient_matching import DC, DSA
+from ddbench.builtins.models.convnet import ConvNet
 from ddbench.data.bundle import DataBundle
-from ddbench.distillers.gradient_matching import DC, DSA
-from ddbench.models.convnet import ConvNet
+from ddbench.evaluation.augment import diff_augment
 
 C, SIZE = 3, 8
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ddbench.builtins.distillers.dm import class_means, matching_loss
+from ddbench.builtins.models.convnet import ConvNet
 from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
-from ddbench.distillers.dm import class_means, matching_loss
-from ddbench.models.convnet import ConvNet
-from ddbench.protocol import PRESETS, Protocol, ProtocolParams, evaluate
+from ddbench.evaluation.protocol import PRESETS, Protocol, ProtocolParams, evaluate
 
 
 def convnet(**kw):
@@ -66,7 +66,7 @@ def test_batched_dm_loss_and_gradient_equal_the_reference_class_loop():
 
 
 def test_class_means_chunking_does_not_change_the_result(monkeypatch):
-    import ddbench.distillers.dm as dm
+    import ddbench.builtins.distillers.dm as dm
 
     torch.manual_seed(1)
     net = convnet(width=8).build(1, 3, (8, 8))
@@ -120,7 +120,7 @@ def test_protocol_defaults_are_the_reference_and_hash_tracks_the_recipe():
 def test_evaluation_learns_something_on_digits():
     from pathlib import Path
 
-    from ddbench.data.digits import Digits
+    from ddbench.builtins.datasets.digits import Digits
 
     data = Digits(None).load(None, Path("."), False)
     torch.manual_seed(0)
@@ -133,7 +133,7 @@ def test_evaluation_learns_something_on_digits():
 def test_allocator_tuning_applies_once_and_can_be_turned_off(monkeypatch):
     import sys
 
-    import ddbench.allocator as alloc
+    import ddbench.runtime.allocator as alloc
 
     monkeypatch.setattr(alloc, "_done", False)
     monkeypatch.setenv("DDBENCH_MALLOC_TUNING", "0")
@@ -150,14 +150,14 @@ def test_glibc_defaults_gives_large_blocks_back():
     import subprocess
     import sys
 
-    import ddbench.allocator as alloc
+    import ddbench.runtime.allocator as alloc
 
     if not alloc.tune_allocator():
         pytest.skip("glibc malloc tuning is not available on this platform")
     script = """
 import torch
-import ddbench.allocator as alloc
-from ddbench.cost import _rss_bytes
+import ddbench.runtime.allocator as alloc
+from ddbench.runtime.cost import _rss_bytes
 
 def returned_on_free():
     x = torch.ones(100_000_000)  # 400 MB, touched
@@ -183,14 +183,14 @@ def test_glibc_defaults_keeps_mid_size_blocks_in_the_heap():
     import subprocess
     import sys
 
-    import ddbench.allocator as alloc
+    import ddbench.runtime.allocator as alloc
 
     if not alloc.tune_allocator():
         pytest.skip("glibc malloc tuning is not available on this platform")
     script = """
 import torch
-import ddbench.allocator as alloc
-from ddbench.cost import _rss_bytes
+import ddbench.runtime.allocator as alloc
+from ddbench.runtime.cost import _rss_bytes
 
 assert alloc.tune_allocator()
 with alloc.glibc_defaults():

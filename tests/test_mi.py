@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ddbench import mi
+from ddbench.builtins import mi_estimators as mi
 
 ESTIMATORS = {cls.name: cls for cls in mi.BUILTIN}
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from conftest import TINY, rows
 
-from ddbench import artifacts, mi
+from ddbench.builtins import mi_estimators as mi
+from ddbench.builtins.models.convnet import ConvNet
+from ddbench.builtins.objectives.mim import MIM, MIMParams
 from ddbench.components import StepContext
-from ddbench.models.convnet import ConvNet
-from ddbench.objectives.mim import MIM, MIMParams
-from ddbench.store import Store
+from ddbench.storage import artifacts
+from ddbench.storage.store import Store
 
 MIM_TINY = ["--set", "mim.iterations=3", "--set", "dc.iterations=1", "--set", "dsa.iterations=1"]
 
@@ -155,7 +156,7 @@ class Half(ddbench.MIEstimator):
     \"\"\"InfoNCE halved (a toy third-party estimator).\"\"\"
     name = "half"
     def estimate(self, scores, positive):
-        from ddbench.mi import InfoNCE
+        from ddbench.builtins.mi_estimators import InfoNCE
         return InfoNCE().estimate(scores, positive) / 2
 
 @ddbench.hookimpl

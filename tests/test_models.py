@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import TINY, rows
 
+from ddbench.builtins.datasets.digits import Digits
+from ddbench.builtins.models.classic import MLP, AlexNet, LeNet
+from ddbench.builtins.models.timm_models import VGG11, ResNet18, Timm
 from ddbench.components import SyntheticSet
-from ddbench.data.digits import Digits
 from ddbench.errors import DDBenchError
-from ddbench.models.classic import MLP, AlexNet, LeNet
-from ddbench.models.timm_models import VGG11, ResNet18, Timm
-from ddbench.protocol import Protocol, ProtocolParams, evaluate
+from ddbench.evaluation.protocol import Protocol, ProtocolParams, evaluate
 
 MODELS = {"resnet18": ResNet18, "vgg11": VGG11, "alexnet": AlexNet, "lenet": LeNet, "mlp": MLP}
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from conftest import rows
 
-from ddbench.augment import DEFAULT_STRATEGY
-from ddbench.distillers.mtt import (
+from ddbench.builtins.distillers.mtt import (
     MTT,
     PAPER_TABLE,
     Student,
@@ -18,7 +17,8 @@ from ddbench.distillers.mtt import (
     trajectory_loss,
     unroll,
 )
-from ddbench.models.convnet import ConvNetModule
+from ddbench.builtins.models.convnet import ConvNetModule
+from ddbench.evaluation.augment import DEFAULT_STRATEGY
 
 EXPERTS = ("--set", "mtt.train_epochs=2", "--set", "mtt.max_start_epoch=1", "--set", "mtt.expert_epochs=1")
 RUN = ("--methods", "mtt", "--ipc", "1", "--set", "mtt.iterations=3", *EXPERTS, "--set", "eval.epochs=2",
@@ -199,7 +199,7 @@ def test_the_set_carries_its_learned_lr(ddb, tmp_path):
     store = tmp_path / "r.sqlite"
     res = ddb("run", *RUN, "--seeds", "0", "--set", "mtt.lr_lr=1e-5", "--store", str(store))
     assert res.code == 0, res.err
-    from ddbench.artifacts import load_synset
+    from ddbench.storage.artifacts import load_synset
 
     db = sqlite3.connect(store)
     (artifact,) = db.execute("SELECT artifact FROM synsets WHERE method='mtt'").fetchone()

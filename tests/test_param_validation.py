@@ -13,9 +13,9 @@ import pytest
 from annotated_types import Ge, Gt, Interval, Len, MultipleOf, Predicate, Timezone
 
 from ddbench import params as P
-from ddbench import protocol as proto
-from ddbench.augment import Strategy
 from ddbench.errors import DDBenchError
+from ddbench.evaluation import protocol as proto
+from ddbench.evaluation.augment import Strategy
 from ddbench.params import AllowNonFinite, Check
 from ddbench.registry import KINDS, load_registry
 
@@ -243,7 +243,7 @@ class Toy(ddbench.Distiller):
         kind: Annotated[str, Check(lambda s: s in ("a", "b"), "a or b")] = "a"
 
     def distill(self, ctx):
-        from ddbench.distillers.random import sample_real
+        from ddbench.builtins.distillers.random import sample_real
         return sample_real(ctx, ctx.generator())
 
 @ddbench.hookimpl

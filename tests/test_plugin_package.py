@@ -240,7 +240,7 @@ def test_installed_plugin_is_listed_only_when_allowed(site, tmp_path):
     assert entries["kcenter"][0].startswith("K-center coreset:")
     for name in ("herding", "kcenter"):
         assert entries[name][1:] == [ORIGIN, PARAMS]
-    assert entries["random"][1].startswith("from ddbench.distillers.random (ddbench ")
+    assert entries["random"][1].startswith("from ddbench.builtins.distillers.random (ddbench ")
 
     res = _ddbench(site, tmp_path, "list", "distillers", plugins="")
     assert res.returncode == 0, res.stderr

@@ -8,10 +8,10 @@ import torch
 from conftest import TINY, rows
 from test_matching_reference import SIZE, C, tiny_data, tiny_net
 
-from ddbench.distillers.dm import matching_loss as dm_loss
-from ddbench.distillers.gradient_matching import DC
-from ddbench.models.convnet import ConvNet
-from ddbench.precision import autocast
+from ddbench.builtins.distillers.dm import matching_loss as dm_loss
+from ddbench.builtins.distillers.gradient_matching import DC
+from ddbench.builtins.models.convnet import ConvNet
+from ddbench.runtime.precision import autocast
 
 CPU = torch.device("cpu")
 
@@ -71,7 +71,7 @@ def test_amp_is_a_keyed_option_and_off_keeps_the_old_keys(ddb, tmp_path, monkeyp
     (row,) = rows(store)
     assert '"amp"' not in row["params"]  # off, the neutral value: not part of key or record
     assert "1 already stored" in ddb(*dry).out
-    from ddbench.distillers.dm import DM
+    from ddbench.builtins.distillers.dm import DM
 
     monkeypatch.setattr(DM, "late_params", {})  # as if amp had always been a parameter
     assert "0 already stored" in ddb(*dry).out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from ddbench.progress import Progress
+from ddbench.runtime.progress import Progress
 
 
 class _Terminal(io.StringIO):
@@ -63,7 +63,7 @@ def test_time_left_counts_jobs_not_the_cells_after_a_long_distillation(monkeypat
     """One job of 20 cells: after an hour of distillation and 5 quick cells, the run's time left
     is not 3 hours (cells extrapolated); with a second job still to run it is an hour."""
     clock = iter([0.0, 3600.0, 3600.0])
-    monkeypatch.setattr("ddbench.progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("ddbench.runtime.progress.time.perf_counter", lambda: next(clock))
     one = Progress(20, stream=io.StringIO(), total_jobs=1, heartbeat=0)
     for _ in range(5):
         one.cell_done(True)

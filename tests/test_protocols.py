@@ -9,9 +9,9 @@ from typing import get_args
 import pytest
 from conftest import TINY, rows
 
-from ddbench import protocol as proto
-from ddbench import protocols
-from ddbench.protocol import Protocol, ProtocolParams
+from ddbench.builtins import protocols
+from ddbench.evaluation import protocol as proto
+from ddbench.evaluation.protocol import Protocol, ProtocolParams
 
 
 def test_the_protocol_field_lists_every_named_protocol():
@@ -62,7 +62,7 @@ def test_paper_preset_evaluates_each_method_under_its_papers_protocol(ddb, tmp_p
 
 def test_dc_protocol_run_is_stored_under_its_name(ddb, tmp_path, monkeypatch):
     """DC's augmentation runs inside evaluation (counted) and the row records the protocol."""
-    import ddbench.protocol as protocol_mod
+    import ddbench.evaluation.protocol as protocol_mod
 
     calls = []
     real = protocol_mod.dc_augment

@@ -20,7 +20,7 @@ class Toy(ddbench.Distiller):
         strength: float = 0.5
 
     def distill(self, ctx):
-        from ddbench.distillers.random import sample_real
+        from ddbench.builtins.distillers.random import sample_real
         return sample_real(ctx, ctx.generator())
 
 @ddbench.hookimpl
@@ -38,10 +38,10 @@ def test_builtins_register_through_the_hooks():
     )
     assert reg.names("executors") == ["local", "ray", "slurm"]
     dm = reg.get("distillers", "dm")
-    assert dm.origin.module == "ddbench.distillers.dm" and dm.origin.package == "ddbench"
+    assert dm.origin.module == "ddbench.builtins.distillers.dm" and dm.origin.package == "ddbench"
     # every built-in came through a hookimpl of a registered plugin module
     plugin_names = {name for name, _ in reg.pm.list_name_plugin()}
-    assert "ddbench.distillers.dm" in plugin_names
+    assert "ddbench.builtins.distillers.dm" in plugin_names
 
 
 def test_unknown_component_lists_valid_choices():
@@ -76,7 +76,7 @@ def test_duplicate_names_are_an_error_naming_both_origins(fake_plugin, ddb):
         load_registry()
     msg = str(err.value)
     assert "distiller 'dm' is registered twice" in msg
-    assert "ddbench.distillers.dm (ddbench" in msg and "fake_dup (fake-dup 1.0)" in msg
+    assert "ddbench.builtins.distillers.dm (ddbench" in msg and "fake_dup (fake-dup 1.0)" in msg
     res = ddb("list")
     assert res.code == 2 and res.err.count("\n") == 1
 
@@ -92,7 +92,7 @@ def test_list_shows_every_kind_origin_and_params(ddb):
     assert res.code == 0
     for kind in KINDS:
         assert f"\n{kind}\n" in "\n" + res.out
-    assert "from ddbench.distillers.dm (ddbench " in res.out
+    assert "from ddbench.builtins.distillers.dm (ddbench " in res.out
     assert "iterations=20000 (small: 50)" in res.out
     assert "norm=instancenorm" in res.out and "{instancenorm|batchnorm|layernorm|groupnorm|none}" in res.out
     assert "uniform: ddbench-eval/v1" in res.out and "epochs=1000 (small: 100)" in res.out

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from scipy import stats as st
 
-from ddbench import plots, report, results, stats
-from ddbench.cost_table import cost_table
-from ddbench.records import ResultRow, RunRow, SynsetRow
-from ddbench.store import Store
+from ddbench.analysis import plots, report, results, stats
+from ddbench.analysis.cost_table import cost_table
+from ddbench.storage.records import ResultRow, RunRow, SynsetRow
+from ddbench.storage.store import Store
 
 EXPECTED = Path(__file__).parent / "data" / "report_fixed.tex"
 PROTOCOL = {"name": "ddbench-eval", "version": 1, "epochs": 300, "lr": 0.01}

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, rows
 from safetensors.torch import load_file
 
-from ddbench.records import ResultRow
+from ddbench.storage.records import ResultRow
 
 FLAKY = '''
 import os
@@ -28,7 +28,7 @@ class Flaky(ddbench.Distiller):
             raise RuntimeError("flaky distiller exploded")
         if mode == "nan":
             ctx.check_finite(torch.tensor(float("nan")), 7)
-        from ddbench.distillers.random import sample_real
+        from ddbench.builtins.distillers.random import sample_real
         return sample_real(ctx, ctx.generator())
 
 class Shifty(ddbench.Objective):
@@ -111,7 +111,7 @@ def test_adding_a_model_later_does_not_redistill(ddb, tmp_path, monkeypatch):
     store = tmp_path / "r.sqlite"
     base = ["run", "--methods", "dm", "--ipc", "1", "--seeds", "0", "--store", str(store), *TINY]
     assert ddb(*base).code == 0
-    from ddbench.distillers.dm import DM
+    from ddbench.builtins.distillers.dm import DM
 
     def boom(self, ctx):
         raise AssertionError("re-distilled")

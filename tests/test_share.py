@@ -16,8 +16,8 @@ import pytest
 from conftest import TINY, rows
 from safetensors import safe_open
 
-from ddbench.artifacts import load_synset
-from ddbench.records import ResultRow
+from ddbench.storage.artifacts import load_synset
+from ddbench.storage.records import ResultRow
 
 SWEEP = ["run", "--methods", "random,dm", "--datasets", "digits", "--ipc", "1", "--seeds", "0,1", *TINY]
 

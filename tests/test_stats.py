@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from ddbench import stats
+from ddbench.analysis import stats
 
 # Demsar (2006, JMLR), Table 6: AUC of C4.5 variants on 14 data sets. The printed table
 # ties C4.5+cf and C4.5+m+cf on 'voting' (0.975); the paper's ranks come from unrounded

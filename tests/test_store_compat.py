@@ -78,7 +78,7 @@ def test_the_cells_of_an_old_store_are_found_done(ddb, old_store, tmp_path, args
 
 
 def test_an_old_store_opens_and_reports(ddb, old_store):
-    from ddbench.store import Store
+    from ddbench.storage.store import Store
 
     keys = _fixture_keys(old_store)
     assert len(keys) == FIXTURE_CELLS

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, rows
 
-from ddbench.store import Store
+from ddbench.storage.store import Store
 
 #: random and dm+mim (a method that records a trace: MIM's estimates per iteration)
 RUN = ["run", "--methods", "random,dm+mim", "--datasets", "digits", "--ipc", "1", "--seeds", "0", *TINY]
@@ -193,7 +193,7 @@ def test_bad_tracker_options_are_one_line_errors_before_anything_is_written(ddb,
 
 def test_a_missing_tracker_library_names_the_install_command(ddb, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # importing it fails as if not installed
-    monkeypatch.delitem(sys.modules, "ddbench.trackers.wandb", raising=False)
+    monkeypatch.delitem(sys.modules, "ddbench.builtins.trackers.wandb", raising=False)
     res = ddb(*RUN, "--store", str(tmp_path / "out" / "r.sqlite"), "--track", "wandb")
     assert res.code == 2
     assert res.err.count("\n") == 1 and res.err.startswith("ddbench: error: tracker 'wandb' needs the wandb package")

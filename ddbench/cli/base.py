@@ -12,11 +12,11 @@ import sys
 
 import click
 
-from ddbench import __version__
 from ddbench import plan as planmod
 from ddbench.errors import DDBenchError
 from ddbench.plan import RunOptions
 from ddbench.registry import load_registry
+from ddbench.version import __version__
 
 D = RunOptions()  # the defaults every option shows
 # options that `run` and `experts` share (experts are built for what the same run needs)
@@ -36,7 +36,7 @@ DEVICE_OPTION = click.option("--device", default=D.device, show_default=True, he
 
 def _set_compile(ctx, param, value):
     if value is not None:
-        from ddbench.compiling import set_mode
+        from ddbench.runtime.compiling import set_mode
 
         set_mode(value)
     return value

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from ddbench import params as P
-from ddbench import protocol as proto
-from ddbench import protocols
+from ddbench.builtins import protocols
 from ddbench.cli.base import cli, registry
 from ddbench.errors import DDBenchError
+from ddbench.evaluation import protocol as proto
 from ddbench.plan import data_root as data_root_of
 from ddbench.plan import split_list
 from ddbench.registry import KINDS
@@ -65,7 +65,7 @@ def list_cmd(kind, data_root, inputs, classes):
 
 
 def _list_experts(root: Path) -> None:
-    from ddbench.experts import cached_buffers
+    from ddbench.evaluation.experts import cached_buffers
 
     buffers = cached_buffers(root)
     click.echo(f"experts (trajectories cached under {root}; `ddbench experts --dry-run` shows "
@@ -80,7 +80,7 @@ def _list_experts(root: Path) -> None:
 
 
 def _list_teachers(root: Path) -> None:
-    from ddbench.teacher import cached_teachers
+    from ddbench.evaluation.teacher import cached_teachers
 
     found = cached_teachers(root)
     click.echo(f"teachers (soft/teacher-label evaluation, cached under {root}; trained by the first run "

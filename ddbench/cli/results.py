@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from ddbench import report, results
+from ddbench.analysis import report, results
+from ddbench.analysis.cost_table import cost_table
 from ddbench.cli.base import D, cli, registry
-from ddbench.cost_table import cost_table
 from ddbench.errors import DDBenchError
 from ddbench.plan import split_list
-from ddbench.store import Store
+from ddbench.storage.store import Store
 
 
 def _analysis(store: Store, filters: results.Filters, late: results.LateParams, against=None, exact=None,
@@ -63,7 +63,7 @@ def _write(text: str, output: str | None) -> None:
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
         return
-    from ddbench.data.cache import write_atomic
+    from ddbench.storage.atomic import write_atomic
 
     try:
         write_atomic(Path(output), text)
@@ -102,7 +102,7 @@ def report_cmd(store, run_id, datasets, methods, ipc, models, conditions, fmt, o
             text += "\n\ndistillation cost\n" + (table or "(no iterative method in the selection)") + "\n"
         _write(text, output)
         if plots_dir:
-            from ddbench import plots
+            from ddbench.analysis import plots
 
             figs = plots.write_all(an, st, Path(plots_dir))
             click.echo(f"wrote {len(figs)} figure(s) and {Path(plots_dir) / 'index.html'}", err=True)
@@ -148,8 +148,8 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
     """Check stored results against BASELINE cell by cell: exit 1 on a regression beyond the
     tolerance (one-sided test using both sides' spread and n), 0 otherwise. BASELINE is an own
     baseline (.json, from --update) or a table of published numbers (.csv)."""
-    from ddbench import baselines
-    from ddbench import check as checkmod
+    from ddbench.analysis import baselines
+    from ddbench.analysis import check as checkmod
 
     path = Path(baseline)
     if merge and not update:

@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from ddbench import config, report, results, trackers
+from ddbench.analysis import report, results
+from ddbench.analysis.cost_table import cost_table
+from ddbench.builtins import trackers
 from ddbench.cli.base import (
     COMPILE_OPTION,
     CONDITIONS_OPTION,
@@ -24,12 +26,11 @@ from ddbench.cli.base import (
     cli,
     registry,
 )
-from ddbench.conditions import dataset_label
-from ddbench.cost_table import cost_table
+from ddbench.data.conditions import dataset_label
 from ddbench.errors import DDBenchError
-from ddbench.plan import RunOptions, parse_int_list, prepare, split_list
+from ddbench.plan import RunOptions, config, parse_int_list, prepare, split_list
 from ddbench.runner import RunSummary, build_experts, run
-from ddbench.store import Store
+from ddbench.storage.store import Store
 
 
 @cli.command("run")
@@ -136,7 +137,7 @@ def _with_config(ctx: click.Context, params: dict, reg) -> dict:
         return out
     path = Path(params["config"])
     cfg = config.select(config.read(path), path, params["sweep"])
-    defaults, file_sets = config.to_defaults(cfg, path, ctx.command, ctx, reg)
+    defaults, file_sets = config.to_defaults(cfg, path, option_specs(ctx), reg)
     for name, value in defaults.items():
         if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
             if name in LISTS and value is not None:
@@ -147,6 +148,22 @@ def _with_config(ctx: click.Context, params: dict, reg) -> dict:
             out[name] = value
     out["sets"] = config.merge_sets(file_sets, out["sets"])
     return out
+
+
+def option_specs(ctx: click.Context) -> dict[str, config.OptionSpec]:
+    """The command's options as the sweep-file reader sees them: click's own conversion (its
+    choices and ranges) with its refusal as a ``ValueError``."""
+
+    def converter(opt: click.Option):
+        def convert(text: str):
+            try:
+                return opt.type.convert(text, opt, ctx)
+            except click.BadParameter as exc:
+                raise ValueError(exc.message) from None
+        return convert
+
+    return {p.name: config.OptionSpec(p.is_flag, converter(p))
+            for p in ctx.command.params if isinstance(p, click.Option)}
 
 
 def _list_failures(summary: RunSummary) -> None:
@@ -209,7 +226,7 @@ def experts_cmd(methods, datasets, ipc, conditions, sets, preset, data_root, dow
     Buffers are cached under the data root and shared by every run and method with the
     same recipe; `ddbench run` also builds missing ones on demand.
     """
-    from ddbench.allocator import tune_allocator
+    from ddbench.runtime.allocator import tune_allocator
 
     options = RunOptions(
         methods=split_list(methods, "--methods"), datasets=split_list(datasets, "--datasets"),

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from ddbench import share
+from ddbench.analysis import report
 from ddbench.cli.base import D, cli, registry
 from ddbench.cli.results import _open_store
+from ddbench.storage import share
 
 STORE_OPTION = click.option("--store", default=str(D.store), show_default=True, help="SQLite result store.")
 
@@ -22,7 +23,8 @@ def export_cmd(run_id, folder, store):
     synthetic sets as .safetensors with image grids and cards, and a README."""
     st = _open_store(store)
     try:
-        exp = share.export_run(st, run_id, Path(folder), registry().late_params())
+        late = registry().late_params()
+        exp = share.export_run(st, run_id, Path(folder), lambda rid: report.run_statistics(st, rid, late))
     finally:
         st.close()
     files = sum(name.endswith(".safetensors") for name in exp.files)

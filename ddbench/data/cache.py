@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from ddbench.keys import digest
+from ddbench.storage.atomic import temp_name, umask
 
 CACHE_DIRNAME = ".ddbench-cache"
 #: bump when the layout of cached files changes: old entries are then ignored
@@ -57,41 +57,6 @@ class RawSplits:
             )
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError("images and labels differ in length")
-
-
-def _umask() -> int:
-    """The process umask (read from /proc where possible: setting it is not thread-safe)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def temp_name(target: Path) -> Path:
-    """A fresh hidden name next to ``target`` for writing it atomically (then ``os.replace``).
-
-    Unlike ``tempfile.mkstemp`` the file is not created here, so it gets the usual
-    permissions (umask) rather than 0600.
-    """
-    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-
-
-def write_atomic(target: Path, data: str | bytes) -> None:
-    """Write a file so that readers see the old content or the new, never a partial one."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(target)
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cache_dir(root: Path) -> Path:
@@ -165,7 +130,7 @@ def save(path: Path, raw: RawSplits, info: dict[str, Any] | None = None) -> bool
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = str(temp_name(path))
         save_file({n: getattr(raw, n).contiguous() for n in _TENSORS}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates it 0600
+        os.chmod(tmp, 0o666 & ~umask())  # safetensors creates it 0600
         os.replace(tmp, path)
         tmp = None
     except Exception as exc:  # OSError or safetensors' own error: run without the cache

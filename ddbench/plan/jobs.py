@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from ddbench import protocol as proto
-from ddbench.conditions import dataset_label
+from ddbench.data.conditions import dataset_label
+from ddbench.evaluation import protocol as proto
 from ddbench.keys import digest, seed_of
 from ddbench.plan.parse import MethodSpec
 from ddbench.plan.resolve import Resolved, Resolver
@@ -50,7 +50,7 @@ class Job:
     dataset_spec: str
     dataset_arg: str | None
     ipc: int | None  # None: the method ignores IPC (``full``)
-    condition: str  # ``ddbench.conditions``: clean, zca, ...
+    condition: str  # ``ddbench.data.conditions``: clean, zca, ...
     seed: int
     rng_seed: int
     distill_models: dict[str, Resolved]

@@ -16,19 +16,19 @@ from pathlib import Path
 import torch
 
 from ddbench import params as P
-from ddbench import scores
-from ddbench.augment import resolve_strategy
-from ddbench.conditions import apply as apply_condition
-from ddbench.conditions import caps_ipc, is_seeded, parse_conditions
 from ddbench.data.bundle import DataBundle
+from ddbench.data.conditions import apply as apply_condition
+from ddbench.data.conditions import caps_ipc, is_seeded, parse_conditions
 from ddbench.errors import DDBenchError
-from ddbench.experts import ExpertBuffer
+from ddbench.evaluation.augment import resolve_strategy
+from ddbench.evaluation.experts import ExpertBuffer
+from ddbench.evaluation.teacher import Teacher, TeacherRecipe
 from ddbench.keys import params_json
+from ddbench.plan import score_cells
 from ddbench.plan.jobs import Job, build_plan
 from ddbench.plan.parse import model_entry, parse_method, parse_sets
 from ddbench.plan.resolve import Resolved, Resolver
 from ddbench.registry import Registry
-from ddbench.teacher import Teacher, TeacherRecipe
 
 DEFAULT_DATA_ROOT = "datasets"
 DATA_ENV = "DDBENCH_DATA"
@@ -61,15 +61,15 @@ class RunOptions:
     dry_run: bool = False
     progress: bool = True
     #: checkpoint a distillation every N iterations and/or M minutes (0: not by that);
-    #: execution settings, in no result key (``ddbench.checkpoint``)
+    #: execution settings, in no result key (``ddbench.storage.checkpoint``)
     checkpoint_every: int = 0
     checkpoint_minutes: float = 10.0
-    #: add the cells DD-Ranking's scores need (``ddbench.scores``): random and full, hard
+    #: add the cells DD-Ranking's scores need (``ddbench.plan.score_cells``): random and full, hard
     #: labels beside the asked ones, evaluation with and without augmentation
     scores: bool = False
 
     def as_config(self) -> dict:
-        """Every option as a config file holds it (``ddbench.config``): plain values, lists
+        """Every option as a config file holds it (``ddbench.plan.config``): plain values, lists
         as lists, ``--set`` as ``set: {NS.PARAM: value or list}``; running it plans the same cells."""
         out = {}
         for f in dataclasses.fields(self):
@@ -211,7 +211,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     sets = parse_sets(options.sets)
     method_texts = list(options.methods)
     if options.scores:
-        method_texts, sets = scores.with_score_cells(method_texts, sets)
+        method_texts, sets = score_cells.with_score_cells(method_texts, sets)
     resolver = Resolver(registry, options.preset, sets)
     device = pick_device(options.device)
     executor = _executor(options, resolver)
@@ -239,7 +239,7 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     _check_teachers(jobs, registry)
     if options.scores:
         for job in jobs:
-            job.cells = [c for c in job.cells if scores.needed(job.base.name, c.protocol.params)]
+            job.cells = [c for c in job.cells if score_cells.needed(job.base.name, c.protocol.params)]
     # only now the (possibly slow) loading: every cheaper check has passed
     root = data_root(options.data_root)
     bundles = {}

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddbench import params as P
-from ddbench import protocol as proto
-from ddbench import protocols
+from ddbench.builtins import protocols
 from ddbench.errors import DDBenchError
+from ddbench.evaluation import protocol as proto
 from ddbench.plan.parse import model_entry
 from ddbench.registry import KINDS, Entry, Registry
 
@@ -77,7 +77,7 @@ class Resolved:
 @dataclass(frozen=True)
 class ProtocolChoice:
     """One variant of ``--set eval.*``: made concrete per method, dataset and model by
-    ``for_cell`` (``ddbench.protocols``: which named protocol, and its rules)."""
+    ``for_cell`` (``ddbench.builtins.protocols``: which named protocol, and its rules)."""
 
     params: proto.ProtocolParams
     swept: tuple

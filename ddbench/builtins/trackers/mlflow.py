@@ -1,0 +1,110 @@
+"""MLflow tracker (``--track mlflow``): one MLflow run per ``ddbench run``.
+
+It talks to MLflow through an explicit ``MlflowClient`` and run id, never the fluent API's
+global active run, so nothing leaks between runs in one process (tests, notebooks). The
+tracking URI is ``--track-uri``, else ``$MLFLOW_TRACKING_URI``, else a file store ``mlruns/``
+beside the results store; the experiment is ``$MLFLOW_EXPERIMENT_NAME`` or "ddbench".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from ddbench.builtins.trackers import (
+    Tracker,
+    cell_metrics,
+    name,
+    synset_parts,
+    table,
+    trace_metrics,
+)
+
+#: MLflow's limits on one ``log_batch`` call
+MAX_METRICS, MAX_PARAMS = 1000, 100
+
+
+def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
+    """The run's config as MLflow params: nested keys joined by ``.``, lists as ``a,b``
+    (as on the command line)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return out
+
+
+class MLflowTracker(Tracker):
+    """Params: the config (also ``config.json``); tags: command, preset, git revision,
+    versions; metrics: ``acc/``, ``seconds/``, ``peak_mb/`` per cell (step: eval index),
+    ``trace/`` per distillation (its steps), ``cells/`` counts; artifacts: the image grids
+    (``grids/``) and ``results.json``, the table of the run's rows."""
+
+    name = "mlflow"
+
+    def __init__(self, folder: Path, uri: str | None = None, experiment: str | None = None):
+        super().__init__()
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or (folder / "mlruns").as_uri()
+        self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ddbench"
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        self.rows = []
+
+    def start(self, run, config) -> None:
+        if urlparse(self.uri).scheme in ("", "file"):
+            # MLflow 3 puts its file store behind an opt-in; it is the documented default here
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(self.uri)
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        experiment_id = (experiment.experiment_id if experiment is not None
+                         else self.client.create_experiment(self.experiment))
+        tags = {"ddbench.run_id": run.run_id, "ddbench.command": run.command, "ddbench.preset": run.preset,
+                "ddbench.git_rev": run.git_rev,
+                **{f"ddbench.version.{k}": v for k, v in run.json_field("versions").items()}}
+        created = self.client.create_run(experiment_id, run_name=run.run_id,
+                                         tags={k: str(v) for k, v in tags.items() if v is not None})
+        self.run_id = created.info.run_id
+        params = [Param(k, v) for k, v in flat_params(config).items()]
+        for i in range(0, len(params), MAX_PARAMS):
+            self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS])
+        self.client.log_dict(self.run_id, config, "config.json")
+
+    def log_cell(self, record) -> None:
+        self._metrics({record.eval_index: cell_metrics(record)})
+        self.rows.append(record)
+
+    def log_synset(self, record, grid, trace) -> None:
+        if grid:
+            self.client.log_artifact(self.run_id, str(grid), name("grids", *synset_parts(record)))
+        self._metrics(trace_metrics(record, trace))
+
+    def finish(self, run, ran, skipped, failed) -> None:
+        self.client.set_tag(self.run_id, "ddbench.status", run.status)
+        self._metrics({0: {"cells/ran": ran, "cells/skipped": skipped, "cells/failed": failed}})
+        if self.rows:
+            columns, data = table(self.rows)
+            self.client.log_dict(self.run_id, {"columns": columns, "data": data}, "results.json")
+        status = "KILLED" if run.status != "finished" else "FAILED" if failed else "FINISHED"
+        self.client.set_terminated(self.run_id, status)
+
+    def abandon(self) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FAILED")
+
+    def _metrics(self, steps: dict[int, dict[str, float]]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for step, values in steps.items() for k, v in values.items()]
+        for i in range(0, len(metrics), MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS])
+
+
+def make(folder: Path, uri: str | None) -> MLflowTracker:
+    """The tracker ``--track mlflow`` registers (``uri``: ``--track-uri``)."""
+    return MLflowTracker(folder, uri)
