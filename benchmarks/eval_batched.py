@@ -18,11 +18,11 @@ import time
 import torch
 
 from ddbench.builtins.models.convnet import ConvNet
-from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
 from ddbench.evaluation.batched import evaluate_many
 from ddbench.evaluation.protocol import Protocol, ProtocolParams, evaluate
 from ddbench.runtime.allocator import tune_allocator
+from ddbench.synthetic import SyntheticSet
 
 
 def problem(test_images: int) -> tuple[DataBundle, SyntheticSet]:

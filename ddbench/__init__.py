@@ -6,24 +6,22 @@ implementations and the component base classes they register.
 
 from __future__ import annotations
 
-import pluggy
-
-from ddbench.version import __version__
-
-hookimpl = pluggy.HookimplMarker("ddbench")
-
-from ddbench.components import (  # noqa: E402
+from ddbench.components import (
     Component,
     DatasetSpec,
-    DistillContext,
     Distiller,
     Executor,
     MIEstimator,
     Model,
     Objective,
-    SyntheticSet,
+    ProtocolSpec,
+    Tracker,
 )
-from ddbench.data.bundle import DataBundle  # noqa: E402
+from ddbench.context import DistillContext
+from ddbench.data.bundle import DataBundle
+from ddbench.hookspecs import hookimpl
+from ddbench.synthetic import SyntheticSet
+from ddbench.version import __version__
 
 __all__ = [
     "hookimpl",
@@ -36,6 +34,8 @@ __all__ = [
     "MIEstimator",
     "Model",
     "Objective",
+    "ProtocolSpec",
     "SyntheticSet",
+    "Tracker",
     "__version__",
 ]

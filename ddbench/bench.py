@@ -93,8 +93,7 @@ def load_data(spec: str, root: str):
     from ddbench.registry import load_registry
 
     name, _, arg = spec.partition(":")
-    entry = load_registry().get("datasets", name)
-    return entry.cls(entry.cls.Params() if entry.cls.Params else None).load(arg or None, Path(root), False)
+    return load_registry().create("datasets", name).load(arg or None, Path(root), False)
 
 
 class _StandInExperts:
@@ -112,9 +111,7 @@ class _StandInExperts:
 
 
 def _model(registry, name: str, data):
-    entry = registry.get("models", name)
-    return entry.cls(entry.cls.Params() if entry.cls.Params else None).build(
-        data.channels, data.num_classes, data.image_size)
+    return registry.create("models", name).build(data.channels, data.num_classes, data.image_size)
 
 
 class _CountLast:
@@ -144,7 +141,7 @@ def measure_distill(setting: Setting, data, iterations: int, device: torch.devic
                     flops: bool = True) -> tuple[list[float], int | None]:
     """Per-iteration seconds of ``iterations`` outer iterations of the setting's method, and
     (``flops``) the FLOPs of one more."""
-    from ddbench.components import DistillContext
+    from ddbench.context import DistillContext
     from ddbench.registry import load_registry
 
     registry = load_registry()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pluggy
 
 hookspec = pluggy.HookspecMarker("ddbench")
+#: marks a hook implementation (re-exported as ``ddbench.hookimpl`` for plugins)
+hookimpl = pluggy.HookimplMarker("ddbench")
 
 
 @hookspec
@@ -40,6 +42,17 @@ def register_datasets(register):
 @hookspec
 def register_executors(register):
     """Register executor classes (``ddbench.Executor``) that run the cells of a sweep."""
+
+
+@hookspec
+def register_protocols(register):
+    """Register evaluation protocol classes (``ddbench.ProtocolSpec``): a name that
+    ``--set eval.protocol`` and a distiller's ``paper_protocol`` can use."""
+
+
+@hookspec
+def register_trackers(register):
+    """Register experiment tracker classes (``ddbench.Tracker``), enabled with ``--track``."""
 
 
 @hookspec

@@ -20,10 +20,15 @@ from importlib.metadata import entry_points
 import pluggy
 
 from ddbench import hookspecs
+from ddbench import params as P
 from ddbench.errors import DDBenchError, choices_error
 from ddbench.version import __version__
 
-KINDS = ("distillers", "objectives", "mi_estimators", "models", "datasets", "executors")
+KINDS = ("distillers", "objectives", "mi_estimators", "models", "datasets", "executors", "protocols",
+         "trackers")
+#: kinds whose components take ``--set NAME.PARAM=V`` (protocols are set through ``eval``;
+#: trackers through ``--track`` and ``--track-uri``)
+PARAM_KINDS = KINDS[:6]
 
 #: kind -> singular noun for messages
 NOUN = {
@@ -33,6 +38,8 @@ NOUN = {
     "models": "model",
     "datasets": "dataset",
     "executors": "executor",
+    "protocols": "evaluation protocol",
+    "trackers": "tracker",
 }
 
 BUILTIN_PLUGINS = (
@@ -52,6 +59,9 @@ BUILTIN_PLUGINS = (
     "ddbench.builtins.executors.local",
     "ddbench.builtins.executors.ray",
     "ddbench.builtins.executors.slurm",
+    "ddbench.builtins.protocols",
+    "ddbench.builtins.trackers.mlflow",
+    "ddbench.builtins.trackers.wandb",
 )
 
 ENTRY_POINT_GROUP = "ddbench"
@@ -137,6 +147,13 @@ class Registry:
         need to label stored variants (``ddbench.analysis.results.group``)."""
         return {e.name: dict(getattr(e.cls, "late_params", {}))
                 for kind in ("distillers", "objectives") for e in self.entries(kind)}
+
+    def create(self, kind: str, name: str, **params):
+        """An instance of the ``kind`` component ``name`` with ``params`` over its declared
+        defaults, checked as ``--set`` values are (for notebooks, ``bench`` and ``list``):
+        ``load_registry().create("models", "convnet", width=64)``."""
+        entry = self.get(kind, name)
+        return entry.cls(P.build(entry.cls.Params, params, name))
 
     def get(self, kind: str, name: str) -> Entry:
         try:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ddbench.components import SyntheticSet, WorkerLost
+from ddbench.components import WorkerLost
+from ddbench.errors import DDBenchError
 from ddbench.execution.events import ResultEvent, SynsetEvent, failed_event
 from ddbench.execution.tasks import Task, job_text, reporter, run_job
 from ddbench.keys import params_json
@@ -32,6 +33,7 @@ from ddbench.runtime.progress import Progress
 from ddbench.storage import artifacts, checkpoint
 from ddbench.storage.records import ResultRow, RunRow, SynsetRow
 from ddbench.storage.store import Store, check_writable
+from ddbench.synthetic import SyntheticSet
 from ddbench.version import __version__
 
 
@@ -265,3 +267,22 @@ def result_row(run: RunRow, job: Job, event: ResultEvent, device: torch.device) 
         device=cost.device or device_name(device), worker=cost.worker, versions=run.versions,
         git_rev=run.git_rev,
     )
+
+
+def enable_trackers(registry, names: str, store: str | Path, uri: str | None = None) -> list:
+    """Create the trackers named by ``--track`` (comma list) through the registry and
+    register them on ``registry.pm`` for this run; a bad name or a missing library is an
+    error before anything is written. Their files go beside ``store``; ``uri`` is
+    ``--track-uri``, for the trackers that take one."""
+    wanted = list(dict.fromkeys(n.strip() for n in (names or "").split(",") if n.strip()))
+    entries = [registry.get("trackers", n) for n in wanted]
+    if uri and not any(e.cls.takes_uri for e in entries):
+        takers = [e.cls for e in registry.entries("trackers") if e.cls.takes_uri]
+        raise DDBenchError(f"--track-uri is {' or '.join(t.title or t.name for t in takers) or 'no tracker'}'s "
+                           f"tracking URI: use it with --track {','.join(t.name for t in takers)}")
+    folder = str(Path(store).parent.resolve())
+    trackers = [registry.create("trackers", e.name, folder=folder, uri=(uri or "") if e.cls.takes_uri else "")
+                for e in entries]
+    for tracker in trackers:
+        registry.pm.register(tracker, name=f"tracker-{tracker.name}")
+    return trackers

@@ -10,12 +10,12 @@ from conftest import rows
 from torch import nn
 
 from ddbench.builtins.models.convnet import ConvNetModule
-from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
 from ddbench.evaluation import batched as batched_eval
 from ddbench.evaluation import protocol as proto
 from ddbench.evaluation.batched import batchable, evaluate_many
 from ddbench.evaluation.protocol import Protocol, ProtocolParams, evaluate
+from ddbench.synthetic import SyntheticSet
 
 CPU = torch.device("cpu")
 SEEDS = [3, 7, 11]

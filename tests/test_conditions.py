@@ -228,7 +228,7 @@ def test_seeded_conditions_give_each_seed_its_own_bundle(tmp_path):
 
 def test_ipc_above_a_rare_class_is_capped_under_imbalance(tmp_path):
     from ddbench.builtins.distillers.random import init_synthetic, sample_real
-    from ddbench.components import DistillContext
+    from ddbench.context import DistillContext
 
     data = conditions.apply(_digits(tmp_path), "imbalance:10", tmp_path, seed=0)
     counts = data.class_counts()  # 124 ... 12

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from conftest import rows
 
 from ddbench.analysis import scores
-from ddbench.components import SyntheticSet
 from ddbench.evaluation import labels
 from ddbench.evaluation.protocol import Protocol, ProtocolParams
+from ddbench.synthetic import SyntheticSet
 
 SMALL = ["--datasets", "digits", "--ipc", "1", "--seeds", "0", "--set", "eval.epochs=3",
          "--set", "eval.num_eval=2", "--set", "eval.teacher_epochs=2", "--quiet"]
@@ -90,7 +90,8 @@ def test_an_unknown_teacher_is_a_one_line_error(ddb, tmp_path):
 SOFT_PLUGIN = """
 import torch
 from ddbench import hookimpl
-from ddbench.components import Distiller, SyntheticSet
+from ddbench.components import Distiller
+from ddbench.synthetic import SyntheticSet
 from ddbench.data.sampling import sample_per_class
 
 

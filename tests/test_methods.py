@@ -7,9 +7,9 @@ import torch
 
 from ddbench.builtins.distillers.dm import class_means, matching_loss
 from ddbench.builtins.models.convnet import ConvNet
-from ddbench.components import SyntheticSet
 from ddbench.data.bundle import DataBundle
 from ddbench.evaluation.protocol import PRESETS, Protocol, ProtocolParams, evaluate
+from ddbench.synthetic import SyntheticSet
 
 
 def convnet(**kw):

@@ -11,7 +11,7 @@ from conftest import TINY, rows
 from ddbench.builtins import mi_estimators as mi
 from ddbench.builtins.models.convnet import ConvNet
 from ddbench.builtins.objectives.mim import MIM, MIMParams
-from ddbench.components import StepContext
+from ddbench.context import StepContext
 from ddbench.storage import artifacts
 from ddbench.storage.store import Store
 

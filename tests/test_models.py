@@ -10,9 +10,9 @@ from conftest import TINY, rows
 from ddbench.builtins.datasets.digits import Digits
 from ddbench.builtins.models.classic import MLP, AlexNet, LeNet
 from ddbench.builtins.models.timm_models import VGG11, ResNet18, Timm
-from ddbench.components import SyntheticSet
 from ddbench.errors import DDBenchError
 from ddbench.evaluation.protocol import Protocol, ProtocolParams, evaluate
+from ddbench.synthetic import SyntheticSet
 
 MODELS = {"resnet18": ResNet18, "vgg11": VGG11, "alexnet": AlexNet, "lenet": LeNet, "mlp": MLP}
 

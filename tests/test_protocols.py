@@ -4,21 +4,52 @@ by the paper preset, stored under their own names, compared only with their own 
 from __future__ import annotations
 
 import json
-from typing import get_args
 
 import pytest
 from conftest import TINY, rows
 
-from ddbench.builtins import protocols
 from ddbench.evaluation import protocol as proto
 from ddbench.evaluation.protocol import Protocol, ProtocolParams
+from ddbench.registry import load_registry
+
+NAMED = {e.name: e.cls for e in load_registry().entries("protocols")}
+
+OWN = '''
+import ddbench
+from ddbench.builtins.distillers.random import Random
+
+class Halfway(ddbench.ProtocolSpec):
+    """A plugin's own protocol: DSA, 30 epochs, 3 nets."""
+    name, stored_name, version = "halfway", "halfway-eval", 2
+    values = {"dsa": True, "epochs": 30, "num_eval": 3}
+
+class Mine(Random):
+    """A plugin's distiller evaluated under its paper's protocol, the plugin's own."""
+    name = "mine"
+    paper_protocol = "halfway"
+
+@ddbench.hookimpl
+def register_protocols(register):
+    register(Halfway)
+
+@ddbench.hookimpl
+def register_distillers(register):
+    register(Mine)
+'''
 
 
-def test_the_protocol_field_lists_every_named_protocol():
-    import typing
-
-    hints = typing.get_type_hints(ProtocolParams)
-    assert set(get_args(hints["protocol"])) == set(protocols.CHOICES)
+def test_a_plugin_registers_its_own_protocol_and_its_distiller_names_it(fake_plugin, ddb, tmp_path):
+    fake_plugin("halfway", OWN)
+    res = ddb("run", "--dry-run", "--methods", "mine,random", "--ipc", "1", "--seeds", "0",
+              "--preset", "paper", "--store", str(tmp_path / "r.sqlite"))
+    assert res.code == 0, res.err
+    got = {line.split()[0]: line.split() for line in res.out.splitlines() if line.split()[:1] in (["mine"], ["random"])}
+    assert (got["mine"][5], got["mine"][6]) == ("halfway-eval/v2", "3")
+    assert got["random"][5] == "ddbench-eval/v1"
+    listing = ddb("list", "protocols")
+    assert "halfway" in listing.out and "stored as halfway-eval/v2; sets dsa=True, epochs=30, num_eval=3" in listing.out
+    bad = ddb("run", "--dry-run", "--methods", "random", "--set", "eval.protocol=halfwa", "--store", str(tmp_path / "r.sqlite"))
+    assert bad.code == 2 and "halfwa" in bad.err and "halfway" in bad.err and "method" in bad.err
 
 
 def test_the_uniform_protocol_keeps_its_hash():
@@ -38,13 +69,13 @@ def test_the_uniform_protocol_keeps_its_hash():
 ])
 def test_dc_protocol_follows_get_daparam(dataset, model, norm, explicit, want_aug, want_epochs):
     base = ProtocolParams(epochs=7, num_eval=2)
-    out = protocols.specialise(base, protocols.named("dc"), explicit, dataset, model, {"norm": norm})
+    out = proto.specialise(base, NAMED["dc"], explicit, dataset, model, {"norm": norm})
     assert (out.dsa, out.dc_aug, out.epochs, out.num_eval) == (False, want_aug, want_epochs, 20)
 
 
 def test_preset_and_set_values_win_over_a_named_protocol():
     base = ProtocolParams(num_eval=3)
-    out = protocols.specialise(base, protocols.named("dsa"), {"num_eval"}, "mnist", "convnet", {})
+    out = proto.specialise(base, NAMED["dsa"], {"num_eval"}, "mnist", "convnet", {})
     assert (out.num_eval, out.epochs, out.dsa) == (3, 1000, True)
 
 
@@ -118,6 +149,7 @@ def test_bad_protocol_values_are_one_line_errors(ddb, tmp_path):
 def test_protocol_list_names_each_protocol(ddb):
     res = ddb("list", "eval")
     assert res.code == 0
-    for named in protocols.NAMED.values():
-        assert f"{named.key}: {named.name}/v{named.version}" in res.out
+    assert set(NAMED) == {"uniform", "dc", "dsa", "dm", "mtt"}
+    for name, cls in NAMED.items():
+        assert f"{name}: {cls.stored_name}/v{cls.version}" in res.out
     assert proto.NAMESPACE in res.out

@@ -1,4 +1,5 @@
-"""The named evaluation protocols: ddbench's uniform one and each paper's own.
+"""The built-in evaluation protocols: ddbench's uniform one and each paper's own, registered
+through the same hook a plugin uses for its own (``register_protocols``).
 
 A head-to-head table needs one protocol for every method (``uniform``, the default of the
 ``small`` preset and of any ``--set eval.protocol=uniform``). Reproducing a paper's number
@@ -23,60 +24,55 @@ protocol's own (e.g. the ``small`` preset's epochs).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
 
-from ddbench.errors import choices_error
+from ddbench import ProtocolSpec, hookimpl
 from ddbench.evaluation.dc_augment import dc_strategy
 
 
-@dataclass(frozen=True)
-class Named:
-    """One named protocol: the values it sets over ``ProtocolParams``' defaults."""
+class Uniform(ProtocolSpec):
+    """ddbench's head-to-head protocol: the same for every method"""
 
-    key: str  # what --set eval.protocol takes
-    name: str  # stored with every result (``name/vVERSION``)
-    version: int
-    values: dict[str, Any]
-    summary: str
+    name, stored_name = "uniform", "ddbench-eval"
 
 
-UNIFORM = Named("uniform", "ddbench-eval", 1, {}, "ddbench's head-to-head protocol: the same for every method")
-NAMED: dict[str, Named] = {n.key: n for n in (
-    UNIFORM,
-    Named("dc", "dc-eval", 1, {"dsa": False, "dc_aug": "auto", "num_eval": 20},
-          "DC's: DC augmentation by dataset/model (get_daparam), 300 epochs without it, 1000 with; 20 nets"),
-    Named("dsa", "dsa-eval", 1, {"dsa": True, "epochs": 1000, "num_eval": 20},
-          "DSA's: DSA augmentation, 1000 epochs, 20 nets"),
-    Named("dm", "dm-eval", 1, {"dsa": True, "epochs": 1000, "num_eval": 20},
-          "DM's: DSA augmentation, 1000 epochs, 20 nets"),
-    Named("mtt", "mtt-eval", 1, {"dsa": True, "epochs": 1000, "num_eval": 5},
-          "MTT's: DSA augmentation, 1000 epochs, the learned lr, 5 nets"),
-)}
-#: ``eval.protocol`` values: a named protocol, or each method's own
-CHOICES = ("method", *NAMED)
+class DC(ProtocolSpec):
+    """DC's: DC augmentation by dataset/model (get_daparam), 300 epochs without it, 1000 with; 20 nets"""
+
+    name, stored_name = "dc", "dc-eval"
+    values = {"dsa": False, "dc_aug": "auto", "num_eval": 20}
+
+    @classmethod
+    def adjust(cls, params, explicit, dataset, model, model_params):
+        if params.dc_aug != "auto":
+            return params
+        params = dataclasses.replace(params, dc_aug=dc_strategy(dataset, model, model_params.get("norm")))
+        if "epochs" not in explicit:  # main.py: 1000 epochs with an augmentation, 300 without
+            params = dataclasses.replace(params, epochs=300 if params.dc_aug == "none" else 1000)
+        return params
 
 
-def named(key: str) -> Named:
-    if key not in NAMED:
-        raise choices_error("evaluation protocol", key, CHOICES)
-    return NAMED[key]
+class DSA(ProtocolSpec):
+    """DSA's: DSA augmentation, 1000 epochs, 20 nets"""
+
+    name, stored_name = "dsa", "dsa-eval"
+    values = {"dsa": True, "epochs": 1000, "num_eval": 20}
 
 
-def for_method(choice: str, paper_protocol: str | None) -> Named:
-    """The protocol a method is evaluated under for ``eval.protocol=choice``."""
-    if choice == "method":
-        return named(paper_protocol) if paper_protocol else UNIFORM
-    return named(choice)
+class DM(ProtocolSpec):
+    """DM's: DSA augmentation, 1000 epochs, 20 nets"""
+
+    name, stored_name = "dm", "dm-eval"
+    values = {"dsa": True, "epochs": 1000, "num_eval": 20}
 
 
-def specialise(params, chosen: Named, explicit: set[str], dataset: str, model: str, model_params: dict):
-    """``params`` with ``chosen``'s values and its dataset/model rules applied, except where
-    a preset or ``--set`` gave the value (``explicit``)."""
-    values = {k: v for k, v in chosen.values.items() if k not in explicit}
-    out = dataclasses.replace(params, **values)
-    if out.dc_aug == "auto":
-        out = dataclasses.replace(out, dc_aug=dc_strategy(dataset, model, model_params.get("norm")))
-        if chosen.key == "dc" and "epochs" not in explicit:  # main.py: 1000 epochs with an augmentation
-            out = dataclasses.replace(out, epochs=300 if out.dc_aug == "none" else 1000)
-    return out
+class MTT(ProtocolSpec):
+    """MTT's: DSA augmentation, 1000 epochs, the learned lr, 5 nets"""
+
+    name, stored_name = "mtt", "mtt-eval"
+    values = {"dsa": True, "epochs": 1000, "num_eval": 5}
+
+
+@hookimpl
+def register_protocols(register):
+    for cls in (Uniform, DC, DSA, DM, MTT):
+        register(cls)

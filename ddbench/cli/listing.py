@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from ddbench import params as P
-from ddbench.builtins import protocols
 from ddbench.cli.base import cli, registry
 from ddbench.errors import DDBenchError
 from ddbench.evaluation import protocol as proto
@@ -41,8 +40,8 @@ def list_cmd(kind, data_root, inputs, classes):
         if k == "eval":
             click.echo("eval (the evaluation protocol; set with --set eval.PARAM=V, choose with "
                        "--set eval.protocol=NAME, 'method' = each method's paper's)")
-            for named in protocols.NAMED.values():
-                click.echo(f"  {named.key}: {named.name}/v{named.version}  {named.summary}")
+            for e in reg.entries("protocols"):
+                click.echo(f"  {e.name}: {e.cls.stored_name}/v{e.cls.version}  {e.cls.summary()}")
             click.echo(_params_line(proto.ProtocolParams, proto.PRESETS))
             continue
         click.echo(k)
@@ -56,7 +55,10 @@ def list_cmd(kind, data_root, inputs, classes):
             if line:
                 click.echo(line)
             if k == "models":
-                click.echo(_size_line(e, shapes, classes))
+                click.echo(_size_line(reg, e, shapes, classes))
+            if k == "protocols":
+                values = ", ".join(f"{n}={v}" for n, v in e.cls.values.items()) or "the defaults"
+                click.echo(f"  {'':<14} stored as {e.cls.stored_name}/v{e.cls.version}; sets {values}")
         click.echo("")
     if reg.failures:
         click.echo("plugins that failed to load")
@@ -110,7 +112,7 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _size_line(entry, shapes: list[tuple[int, int, int]], classes: int) -> str:
+def _size_line(reg, entry, shapes: list[tuple[int, int, int]], classes: int) -> str:
     """Parameter counts of a model with its default parameters, built on the meta device
     (no memory, no initialisation cost)."""
     import torch
@@ -122,7 +124,7 @@ def _size_line(entry, shapes: list[tuple[int, int, int]], classes: int) -> str:
     for c, h, w in shapes:
         try:
             with torch.device("meta"):
-                net = entry.cls(entry.cls.Params() if entry.cls.Params else None).build(c, classes, (h, w))
+                net = reg.create("models", entry.name).build(c, classes, (h, w))
             counts.append(f"{c}x{h}x{w}: {sum(p.numel() for p in net.parameters()):,}")
         except Exception:  # a model that cannot take this input (ConvNet too deep for 8x8)
             counts.append(f"{c}x{h}x{w}: n/a")

@@ -12,7 +12,6 @@ from tabulate import tabulate
 
 from ddbench.analysis import report, results
 from ddbench.analysis.cost_table import cost_table
-from ddbench.builtins import trackers
 from ddbench.cli.base import (
     COMPILE_OPTION,
     CONDITIONS_OPTION,
@@ -29,7 +28,7 @@ from ddbench.cli.base import (
 from ddbench.data.conditions import dataset_label
 from ddbench.errors import DDBenchError
 from ddbench.plan import RunOptions, config, parse_int_list, prepare, split_list
-from ddbench.runner import RunSummary, build_experts, run
+from ddbench.runner import RunSummary, build_experts, enable_trackers, run
 from ddbench.storage.store import Store
 
 
@@ -80,7 +79,7 @@ def run_cmd(ctx, **params):
     succeeded is stored; the failures are listed), 2 for bad input (nothing written)."""
     reg = registry()
     p = _with_config(ctx, params, reg)
-    trackers.enable(reg, p["track"], p["store"], p["track_uri"])
+    enable_trackers(reg, p["track"], p["store"], p["track_uri"])
     lists = {name: parse(p[name]) for name, parse in LISTS.items()}
     options = RunOptions(
         methods=lists["methods"], datasets=lists["datasets"], ipcs=lists["ipc"], models=lists["models"],

@@ -5,7 +5,7 @@ weight decay 5e-4, batch 256, cross-entropy, ``epochs + 1`` passes with the lr x
 a fresh optimizer, as the reference re-creates it) after pass ``epochs // 2 + 1``,
 per-sample DSA augmentation (or DC's augmentation, ``dc_aug``), test accuracy once at the
 end. A learned lr carried by the synthetic set (MTT) replaces ``lr``. The protocol is
-named (``ddbench.builtins.protocols``: ddbench's uniform one or a paper's own), versioned and
+named (a registered ``ProtocolSpec``: ddbench's uniform one or a paper's own), versioned and
 hashed; results of different protocols are never pooled.
 
 ``ddbench.evaluation.batched.evaluate_many`` trains the ``num_eval`` networks of one cell group
@@ -22,9 +22,10 @@ import torch
 from annotated_types import Ge, Gt, Interval
 
 from ddbench.data.bundle import DataBundle
+from ddbench.errors import choices_error
 from ddbench.evaluation import labels
 from ddbench.evaluation.augment import Strategy, resolve_strategy
-from ddbench.evaluation.dc_augment import DC_OPS, dc_augment
+from ddbench.evaluation.dc_augment import DC_OPS, dc_augment, dc_strategy
 from ddbench.evaluation.training import Recipe, dsa, fit, generator
 from ddbench.keys import digest
 from ddbench.params import Check
@@ -57,9 +58,9 @@ class ProtocolParams:
     #: train a cell group's networks together (``evaluate_many``): "on", "off", or "auto" =
     #: on for CUDA devices only (on a 2-core CPU batching measured 1.2-1.9x slower)
     batched: Literal["auto", "on", "off"] = "auto"
-    #: which protocol (``ddbench.builtins.protocols``): a named one, or "method" = each method's own
-    #: paper's; stored as the protocol's name, not as a parameter
-    protocol: Literal["method", "uniform", "dc", "dsa", "dm", "mtt"] = "uniform"
+    #: which protocol: a registered ``ProtocolSpec`` (``ddbench list protocols``), or
+    #: "method" = each method's own paper's; stored as the protocol's name, not as a parameter
+    protocol: str = "uniform"
     #: DC's augmentation when ``dsa`` is off (``ddbench.evaluation.dc_augment``): "off", "auto" (the
     #: reference's choice for the dataset and model, resolved at planning) or a strategy
     dc_aug: Annotated[str, Check(_dc_aug_ok, "off, auto, none or ops joined by '_' from " + ", ".join(DC_OPS))] = "off"
@@ -108,7 +109,7 @@ PRESETS = {"paper": {"protocol": "method"}, "small": {"epochs": 100, "num_eval":
 
 @dataclass(frozen=True)
 class Protocol:
-    """A concrete protocol: its name and version (``ddbench.builtins.protocols``) and parameters."""
+    """A concrete protocol: its stored name and version (its ``ProtocolSpec``) and parameters."""
 
     params: ProtocolParams
     preset: str
@@ -175,7 +176,7 @@ def augmenter(p: ProtocolParams, data: DataBundle):
     if p.dsa:
         return dsa(resolve_strategy(p.dsa_strategy, data.dsa_strategy))
     if p.dc_aug == "auto":
-        raise ValueError("eval.dc_aug='auto' must be resolved at planning (ddbench.builtins.protocols.specialise)")
+        raise ValueError("eval.dc_aug='auto' must be resolved at planning (specialise)")
     if p.dc_aug not in _NO_DC_AUG:
         return lambda xb, gen, strategy=p.dc_aug: dc_augment(xb, strategy, gen)
     return None
@@ -191,3 +192,24 @@ def test_accuracy(net, data: DataBundle, device) -> float:
         yb = data.y_test[start : start + batch].to(device)
         correct += int((net(xb).argmax(1) == yb).sum())
     return correct / len(data.x_test)
+
+
+def choose(named: dict[str, type], choice: str, paper_protocol: str | None):
+    """The registered protocol (``ProtocolSpec`` class) a method is evaluated under for
+    ``eval.protocol=choice``; ``named``: the registered ones by name."""
+    if choice == "method":
+        choice = paper_protocol or "uniform"
+    if choice not in named:
+        raise choices_error("eval.protocol", choice, ("method", *named))
+    return named[choice]
+
+
+def specialise(params: ProtocolParams, chosen, explicit: set[str], dataset: str, model: str,
+               model_params: dict) -> ProtocolParams:
+    """``params`` with ``chosen``'s values and its dataset/model rules applied, except where
+    a preset or ``--set`` gave the value (``explicit``); ``dc_aug=auto`` resolved."""
+    values = {k: v for k, v in chosen.values.items() if k not in explicit}
+    out = chosen.adjust(dataclasses.replace(params, **values), explicit, dataset, model, model_params)
+    if out.dc_aug == "auto":
+        out = dataclasses.replace(out, dc_aug=dc_strategy(dataset, model, model_params.get("norm")))
+    return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ddbench.components import DistillContext, SyntheticSet
+from ddbench.context import DistillContext
 from ddbench.data.bundle import DataBundle
 from ddbench.errors import DDBenchError
 from ddbench.evaluation.batched import evaluate_many
@@ -28,6 +28,7 @@ from ddbench.plan import Cell, Job
 from ddbench.runtime.cost import device_name, measure
 from ddbench.runtime.progress import Progress
 from ddbench.storage.checkpoint import Checkpointer, CheckpointPolicy
+from ddbench.synthetic import SyntheticSet
 
 
 @dataclass

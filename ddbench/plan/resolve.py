@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ddbench import params as P
-from ddbench.builtins import protocols
 from ddbench.errors import DDBenchError
 from ddbench.evaluation import protocol as proto
 from ddbench.plan.parse import model_entry
-from ddbench.registry import KINDS, Entry, Registry
+from ddbench.registry import PARAM_KINDS, Entry, Registry
 
 PRESETS = ("small", "paper")
 
 
 def namespaces(registry: Registry) -> list[str]:
     """Every NS that ``--set NS.PARAM`` accepts: the registered components' names and ``eval``."""
-    return sorted({e.name for kind in KINDS for e in registry.entries(kind)} | {proto.NAMESPACE})
+    return sorted({e.name for kind in PARAM_KINDS for e in registry.entries(kind)} | {proto.NAMESPACE})
 
 
 def params_classes(registry: Registry, ns: str) -> list[type]:
     """The ``Params`` classes that ``--set NS.*`` may address (several for namesakes)."""
     if ns == proto.NAMESPACE:
         return [proto.ProtocolParams]
-    return [e.cls.Params for kind in KINDS for e in registry.entries(kind) if e.name == ns and e.cls.Params]
+    return [e.cls.Params for kind in PARAM_KINDS for e in registry.entries(kind) if e.name == ns and e.cls.Params]
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,21 @@ class Resolved:
 @dataclass(frozen=True)
 class ProtocolChoice:
     """One variant of ``--set eval.*``: made concrete per method, dataset and model by
-    ``for_cell`` (``ddbench.builtins.protocols``: which named protocol, and its rules)."""
+    ``for_cell`` (the registered ``ProtocolSpec``: which named protocol, and its rules)."""
 
     params: proto.ProtocolParams
     swept: tuple
     explicit: frozenset[str]
     preset: str
+    #: the registered protocols by name
+    named: dict = field(compare=False)
 
     def for_cell(self, paper_protocol: str | None, dataset: str, model: Resolved) -> proto.Protocol:
-        chosen = protocols.for_method(self.params.protocol, paper_protocol)
-        params = protocols.specialise(self.params, chosen, set(self.explicit), dataset, model.name,
-                                      model.params_dict())
+        chosen = proto.choose(self.named, self.params.protocol, paper_protocol)
+        params = proto.specialise(self.params, chosen, set(self.explicit), dataset, model.name,
+                                  model.params_dict())
         P.validate(params, proto.NAMESPACE)
-        return proto.Protocol(params, self.preset, chosen.name, chosen.version)
+        return proto.Protocol(params, self.preset, chosen.stored_name, chosen.version)
 
 
 class Resolver:
@@ -130,7 +131,7 @@ class Resolver:
         """Whether another component named ``ns`` (of another kind: the ``mim`` distiller and
         the ``mim`` objective) takes ``key``; then ``--set ns.key`` is meant for that one."""
         return any(e.name == ns and self._has(e.cls.Params, key)
-                   for kind in KINDS for e in self.registry.entries(kind))
+                   for kind in PARAM_KINDS for e in self.registry.entries(kind))
 
     def variants(self, kind: str, name: str, dataset: str | None = None,
                  ipc: int | None = None) -> list[Resolved]:
@@ -165,8 +166,12 @@ class Resolver:
         a preset or ``--set`` gave (a named protocol's own values never override those)."""
         presets = proto.PRESETS[self.preset]
         explicit = set(presets) | {key for ns, key in self.sets if ns == proto.NAMESPACE}
-        return [ProtocolChoice(params, swept, frozenset(explicit), self.preset)
-                for params, swept in self._combos(proto.NAMESPACE, proto.ProtocolParams, presets)]
+        named = {e.name: e.cls for e in self.registry.entries("protocols")}
+        choices = [ProtocolChoice(params, swept, frozenset(explicit), self.preset, named)
+                   for params, swept in self._combos(proto.NAMESPACE, proto.ProtocolParams, presets)]
+        for c in choices:  # a misspelled protocol fails here, before any cell is planned
+            proto.choose(named, c.params.protocol, None)
+        return choices
 
     def check_unused(self) -> list[str]:
         """``--set`` for components outside this run: checked, then warned about.
@@ -176,7 +181,7 @@ class Resolver:
         """
         warnings = []
         for ns in sorted({ns for ns, _ in self.sets} - self.used):
-            entries = [e for kind in KINDS for e in self.registry.entries(kind) if e.name == ns]
+            entries = [e for kind in PARAM_KINDS for e in self.registry.entries(kind) if e.name == ns]
             if not entries:
                 valid = namespaces(self.registry)
                 key = next(k for n, k in self.sets if n == ns)

@@ -20,11 +20,13 @@ from annotated_types import Ge, Gt, Interval
 
 from ddbench import hookimpl
 from ddbench.builtins.distillers.random import init_synthetic
-from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
+from ddbench.components import Distiller
+from ddbench.context import DistillContext, StepContext
 from ddbench.data.sampling import sample_per_class
 from ddbench.evaluation.augment import Strategy, diff_augment, resolve_strategy
 from ddbench.runtime.allocator import inference_chunk
 from ddbench.runtime.precision import Amp, autocast
+from ddbench.synthetic import SyntheticSet
 
 
 class DM(Distiller):

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Literal
 
 from ddbench import hookimpl
-from ddbench.components import DistillContext, Distiller, SyntheticSet
+from ddbench.components import Distiller
+from ddbench.context import DistillContext
 from ddbench.data.cache import fingerprint
 from ddbench.data.released import ExternalSet, fit_to_dataset, read_external
 from ddbench.errors import DDBenchError
 from ddbench.storage.atomic import content_hash
+from ddbench.synthetic import SyntheticSet
 
 #: the files' (path, size, mtime) fingerprint -> (sha256, what they hold): planning asks for
 #: both several times (key, IPC, soft labels, the check), a file is hashed and read once

@@ -8,7 +8,9 @@ from typing import Annotated, ClassVar
 from annotated_types import Ge
 
 from ddbench import hookimpl
-from ddbench.components import DistillContext, Distiller, SyntheticSet
+from ddbench.components import Distiller
+from ddbench.context import DistillContext
+from ddbench.synthetic import SyntheticSet
 
 
 class Full(Distiller):

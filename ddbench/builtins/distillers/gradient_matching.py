@@ -31,11 +31,13 @@ from annotated_types import Ge, Gt, Interval
 
 from ddbench import hookimpl
 from ddbench.builtins.distillers.random import init_synthetic
-from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
+from ddbench.components import Distiller
+from ddbench.context import DistillContext, StepContext
 from ddbench.data.sampling import sample_per_class
 from ddbench.evaluation.augment import Strategy, diff_augment, resolve_strategy, siamese_groups
 from ddbench.evaluation.training import dsa, train_epoch
 from ddbench.runtime.precision import Amp, autocast
+from ddbench.synthetic import SyntheticSet
 
 #: reference ``get_loops``: ipc -> (outer_loop, inner_loop)
 REFERENCE_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

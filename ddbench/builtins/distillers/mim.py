@@ -16,7 +16,8 @@ import torch
 from ddbench import hookimpl
 from ddbench.builtins.distillers.dm import DM
 from ddbench.builtins.objectives.mim import MIM, MIMParams
-from ddbench.components import DistillContext, SyntheticSet
+from ddbench.context import DistillContext
+from ddbench.synthetic import SyntheticSet
 
 
 class MIMAlone(DM):

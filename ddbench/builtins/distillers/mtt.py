@@ -33,11 +33,13 @@ from torch.func import functional_call
 
 from ddbench import hookimpl
 from ddbench.builtins.distillers.random import init_synthetic
-from ddbench.components import DistillContext, Distiller, StepContext, SyntheticSet
+from ddbench.components import Distiller
+from ddbench.context import DistillContext, StepContext
 from ddbench.errors import DDBenchError
 from ddbench.evaluation.augment import Strategy, diff_augment, resolve_strategy
 from ddbench.evaluation.experts import ExpertRecipe
 from ddbench.runtime.allocator import glibc_defaults
+from ddbench.synthetic import SyntheticSet
 
 #: ``paper`` preset: the per-setting table that the MTT authors gave DC-BENCH
 #: (REFERENCE.md 7.3(a)); (dataset, ipc) -> values. Rows marked ZCA there expect

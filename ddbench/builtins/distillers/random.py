@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from ddbench import hookimpl
-from ddbench.components import DistillContext, Distiller, SyntheticSet
+from ddbench.components import Distiller
+from ddbench.context import DistillContext
 from ddbench.data.sampling import sample_per_class
+from ddbench.synthetic import SyntheticSet
 
 
 def sample_real(ctx: DistillContext, generator: torch.Generator) -> SyntheticSet:

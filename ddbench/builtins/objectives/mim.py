@@ -28,7 +28,8 @@ from annotated_types import Ge, Gt
 from torch import nn
 
 from ddbench import hookimpl
-from ddbench.components import DistillContext, Objective, StepContext
+from ddbench.components import Objective
+from ddbench.context import DistillContext, StepContext
 
 #: generator salt of the heads' initialisation (distinct from every distiller's stream)
 HEAD_SALT = 4_004

@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-
-from ddbench.builtins.trackers import (
-    Tracker,
+from ddbench import Tracker, hookimpl
+from ddbench.builtins.trackers.common import (
     cell_metrics,
     name,
+    require,
     synset_parts,
     table,
     trace_metrics,
@@ -42,18 +40,23 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 class MLflowTracker(Tracker):
-    """Params: the config (also ``config.json``); tags: command, preset, git revision,
+    """One MLflow run per ``ddbench run`` (``--track mlflow``; ``--track-uri``: the server).
+
+    Params: the config (also ``config.json``); tags: command, preset, git revision,
     versions; metrics: ``acc/``, ``seconds/``, ``peak_mb/`` per cell (step: eval index),
     ``trace/`` per distillation (its steps), ``cells/`` counts; artifacts: the image grids
     (``grids/``) and ``results.json``, the table of the run's rows."""
 
-    name = "mlflow"
+    name, title = "mlflow", "MLflow"
+    takes_uri = True
 
-    def __init__(self, folder: Path, uri: str | None = None, experiment: str | None = None):
-        super().__init__()
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or (folder / "mlruns").as_uri()
-        self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ddbench"
-        self.client: MlflowClient | None = None
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.mlflow = require("mlflow", "mlflow")
+        folder = Path(self.params.folder).resolve()
+        self.uri = self.params.uri or os.environ.get("MLFLOW_TRACKING_URI") or (folder / "mlruns").as_uri()
+        self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ddbench"
+        self.client = None
         self.run_id: str | None = None
         self.rows = []
 
@@ -61,7 +64,7 @@ class MLflowTracker(Tracker):
         if urlparse(self.uri).scheme in ("", "file"):
             # MLflow 3 puts its file store behind an opt-in; it is the documented default here
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(self.uri)
+        self.client = self.mlflow.MlflowClient(self.uri)
         experiment = self.client.get_experiment_by_name(self.experiment)
         experiment_id = (experiment.experiment_id if experiment is not None
                          else self.client.create_experiment(self.experiment))
@@ -71,7 +74,7 @@ class MLflowTracker(Tracker):
         created = self.client.create_run(experiment_id, run_name=run.run_id,
                                          tags={k: str(v) for k, v in tags.items() if v is not None})
         self.run_id = created.info.run_id
-        params = [Param(k, v) for k, v in flat_params(config).items()]
+        params = [self.mlflow.entities.Param(k, v) for k, v in flat_params(config).items()]
         for i in range(0, len(params), MAX_PARAMS):
             self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS])
         self.client.log_dict(self.run_id, config, "config.json")
@@ -100,11 +103,11 @@ class MLflowTracker(Tracker):
 
     def _metrics(self, steps: dict[int, dict[str, float]]) -> None:
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for step, values in steps.items() for k, v in values.items()]
+        metrics = [self.mlflow.entities.Metric(k, float(v), now, step) for step, values in steps.items() for k, v in values.items()]
         for i in range(0, len(metrics), MAX_METRICS):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS])
 
 
-def make(folder: Path, uri: str | None) -> MLflowTracker:
-    """The tracker ``--track mlflow`` registers (``uri``: ``--track-uri``)."""
-    return MLflowTracker(folder, uri)
+@hookimpl
+def register_trackers(register):
+    register(MLflowTracker)

@@ -12,12 +12,11 @@ import json
 import os
 from pathlib import Path
 
-import wandb
-
-from ddbench.builtins.trackers import (
-    Tracker,
+from ddbench import Tracker, hookimpl
+from ddbench.builtins.trackers.common import (
     cell_metrics,
     name,
+    require,
     synset_parts,
     table,
     trace_metrics,
@@ -25,7 +24,9 @@ from ddbench.builtins.trackers import (
 
 
 class WandbTracker(Tracker):
-    """Config: the run's config (also ``config.json``) and, under ``ddbench``, run id, git
+    """One Weights & Biases run per ``ddbench run`` (``--track wandb``).
+
+    Config: the run's config (also ``config.json``) and, under ``ddbench``, run id, git
     revision and versions; notes: the command. History: ``acc/``, ``seconds/``, ``peak_mb/``
     per cell (x: ``eval_index``), ``trace/`` per distillation (x: ``trace_step``), the image
     grids (``grid/``); at the end a ``results`` table of the run's rows and, in the summary,
@@ -33,20 +34,21 @@ class WandbTracker(Tracker):
 
     name = "wandb"
 
-    def __init__(self, folder: Path, project: str | None = None):
-        super().__init__()
-        self.folder = folder
-        self.project = project or os.environ.get("WANDB_PROJECT") or "ddbench"
-        self.run: wandb.Run | None = None
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.wandb = require("wandb", "wandb")
+        self.folder = Path(self.params.folder).resolve()
+        self.project = os.environ.get("WANDB_PROJECT") or "ddbench"
+        self.run = None
         self.rows = []
 
     def start(self, run, config) -> None:
         meta = {"run_id": run.run_id, "preset": run.preset, "git_rev": run.git_rev,
                 "versions": run.json_field("versions")}
         # console capture off: the progress display is not a log, the results are tracked
-        self.run = wandb.init(project=self.project, dir=self.folder, name=run.run_id, notes=run.command,
+        self.run = self.wandb.init(project=self.project, dir=self.folder, name=run.run_id, notes=run.command,
                               config={**config, "ddbench": meta}, reinit="create_new",
-                              settings=wandb.Settings(console="off"))
+                              settings=self.wandb.Settings(console="off"))
         for prefix in ("acc", "seconds", "peak_mb"):
             self.run.define_metric(f"{prefix}/*", step_metric="eval_index")
         self.run.define_metric("trace/*", step_metric="trace_step")
@@ -59,14 +61,14 @@ class WandbTracker(Tracker):
 
     def log_synset(self, record, grid, trace) -> None:
         if grid:
-            self.run.log({name("grid", *synset_parts(record)): wandb.Image(str(grid), caption=record.distill_key)})
+            self.run.log({name("grid", *synset_parts(record)): self.wandb.Image(str(grid), caption=record.distill_key)})
         for step, values in trace_metrics(record, trace).items():
             self.run.log({"trace_step": step, **values})
 
     def finish(self, run, ran, skipped, failed) -> None:
         if self.rows:
             columns, data = table(self.rows)
-            self.run.log({"results": wandb.Table(columns=columns, data=data, allow_mixed_types=True)})
+            self.run.log({"results": self.wandb.Table(columns=columns, data=data, allow_mixed_types=True)})
         self.run.summary.update({"status": run.status, "cells/ran": ran, "cells/skipped": skipped,
                                  "cells/failed": failed})
         self.run.finish(exit_code=0 if run.status == "finished" and not failed else 1)
@@ -76,6 +78,6 @@ class WandbTracker(Tracker):
             self.run.finish(exit_code=1)
 
 
-def make(folder: Path, uri: str | None) -> WandbTracker:
-    """The tracker ``--track wandb`` registers (``--track-uri`` is MLflow's only)."""
-    return WandbTracker(folder)
+@hookimpl
+def register_trackers(register):
+    register(WandbTracker)
