@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from ddbench.data.bundle import DataBundle
 
 
 @dataclass
@@ -32,8 +29,10 @@ class SyntheticSet:
     epochs: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self, data: DataBundle, who: str) -> None:
-        """Reject malformed output with an error naming the plugin, before it is evaluated."""
+    def validate(self, data, who: str) -> None:
+        """Reject malformed output with an error naming the plugin, before it is evaluated.
+        ``data``: the ``DataBundle`` it was distilled from (not imported: a synthetic set sits
+        below the data layer)."""
         from ddbench.errors import DDBenchError
 
         def bad(msg):

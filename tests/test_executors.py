@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import TINY, rows
 
-from ddbench.execution import worker
+from ddbench.runtime import worker
 from ddbench.storage.records import ResultRow
 from ddbench.storage.store import Store
 

@@ -21,10 +21,10 @@ from ddbench.errors import DDBenchError
 from ddbench.evaluation.batched import evaluate_many
 from ddbench.evaluation.experts import ExpertBuffer
 from ddbench.evaluation.teacher import Teacher
-from ddbench.execution import worker
 from ddbench.execution.events import Cost, ResultEvent, SynsetEvent, failed_event
 from ddbench.keys import params_json
 from ddbench.plan import Cell, Job
+from ddbench.runtime import worker
 from ddbench.runtime.cost import device_name, measure
 from ddbench.runtime.progress import Progress
 from ddbench.storage.checkpoint import Checkpointer, CheckpointPolicy

@@ -2,7 +2,11 @@
 
 ``parse`` reads the inputs, ``resolve`` gives components their parameters (checked
 against their declarations), ``jobs`` builds the cross-product with keys and seeds, and
-``prepare`` loads the data and checks everything else. Nothing here writes anything.
+``prepare`` loads the data and checks everything else; ``config`` reads sweep files and
+``score_cells`` says which cells ``--scores`` adds. Nothing here writes anything.
+
+Imports: the registry (components by name), evaluation, data and the foundation; never
+analysis, execution, the runner or the CLI (the CLI adapts its options to ``config``).
 """
 
 from ddbench.plan.jobs import Cell, Job, build_plan, method_params

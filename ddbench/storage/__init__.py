@@ -1,1 +1,9 @@
-"""TODO storage."""
+"""Everything that persists: the SQLite store and its rows (``store``, ``records``),
+synthetic sets on disk (``artifacts``), resumable distillation state (``checkpoint``), a
+run as a shareable folder and its import (``share``), and files written atomically with
+their content hashes (``atomic``, which every other writer uses).
+
+Imports: the foundation (``errors``, ``keys``, ``version``, ``synthetic``) and nothing
+above: what storage writes is computed by its callers (an export's statistics are handed
+in by the CLI), so a report never has to be imported to store one.
+"""

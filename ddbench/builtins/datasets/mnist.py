@@ -17,8 +17,9 @@ from typing import ClassVar
 
 import torch
 
+from ddbench.builtins.datasets.files import FileDataset
 from ddbench.data.cache import RawSplits
-from ddbench.data.files import FileDataset, dataset_error, one_line
+from ddbench.data.files import dataset_error, one_line
 from ddbench.data.normalize import NO_FLIP, WITH_FLIP
 from ddbench.data.readers import tv_datasets
 from ddbench.storage.atomic import temp_name

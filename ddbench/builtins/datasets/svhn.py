@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import torch
 
+from ddbench.builtins.datasets.files import FileDataset
 from ddbench.data.cache import RawSplits
-from ddbench.data.files import FileDataset
 from ddbench.data.normalize import NO_FLIP
 from ddbench.data.readers import lenient_readers, tv_datasets
 

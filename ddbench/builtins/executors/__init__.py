@@ -1,1 +1,2 @@
-"""TODO builtins/executors."""
+"""Built-in executors (``local``, ``ray``, ``slurm``), registered through
+``register_executors``; their worker side is ``ddbench.runtime.worker``."""

@@ -21,9 +21,9 @@ from annotated_types import Ge
 
 from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
-from ddbench.execution import worker
-from ddbench.execution.engines import cpu_count
 from ddbench.params import validate
+from ddbench.runtime import worker
+from ddbench.runtime.engines import cpu_count
 
 
 class LocalExecutor(Executor):

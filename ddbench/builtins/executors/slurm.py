@@ -22,9 +22,9 @@ from annotated_types import Ge, Gt
 from ddbench import hookimpl
 from ddbench.components import Executor, WorkerLost
 from ddbench.errors import DDBenchError
-from ddbench.execution import worker
-from ddbench.execution.engines import first_line, import_paths, require
 from ddbench.params import validate
+from ddbench.runtime import worker
+from ddbench.runtime.engines import first_line, import_paths, require
 
 
 class SlurmExecutor(Executor):

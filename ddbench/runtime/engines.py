@@ -2,7 +2,7 @@
 
 ``local`` runs them in this process or in ``--jobs N`` worker processes, ``ray`` on a Ray
 cluster, ``slurm`` as a Slurm job array through submitit. The worker side of all the
-out-of-process ones is ``ddbench.execution.worker``.
+out-of-process ones is ``ddbench.runtime.worker``.
 """
 
 from __future__ import annotations
