@@ -133,8 +133,9 @@ def test_a_plugin_written_for_the_flat_layout_still_imports(recwarn):
     """The names the 0.1 README told plugin authors to import keep working (with a warning)."""
     from ddbench.augment import Strategy
     from ddbench.distillers.random import Random, sample_real
-    from ddbench.evaluation.augment import Strategy as new_strategy
     from ddbench.records import ResultRow
+
+    from ddbench.evaluation.augment import Strategy as new_strategy
     from ddbench.storage.records import ResultRow as new_row
 
     assert Strategy is new_strategy and ResultRow is new_row and callable(sample_real)

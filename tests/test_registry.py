@@ -117,3 +117,23 @@ def test_hook_tracing_for_plugin_authors(monkeypatch, capsys):
     monkeypatch.setenv("DDBENCH_TRACE_HOOKS", "1")
     load_registry()
     assert "register_distillers" in capsys.readouterr().err
+
+
+def test_the_readme_notebook_snippet_builds_checked_components(tmp_path, monkeypatch):
+    """``Registry.create`` as the README shows it: the snippet runs, and bad parameters are
+    the one-line errors ``--set`` gives."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = next(block for block in readme.split("```python\n")[1:] if "reg.create(" in block).split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(snippet, scope)
+    assert sum(p.numel() for p in scope["net"].parameters()) > 0
+    reg = scope["reg"]
+    with pytest.raises(DDBenchError, match="unknown parameter convnet.widht; valid parameters of convnet"):
+        reg.create("models", "convnet", widht=3)
+    with pytest.raises(DDBenchError, match="invalid value -3 for convnet.width: must be >= 1"):
+        reg.create("models", "convnet", width=-3)
+    with pytest.raises(DDBenchError, match="nosuch"):
+        reg.create("trackers", "nosuch")
