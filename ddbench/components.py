@@ -76,6 +76,9 @@ class Distiller(Component):
     #: the built-ins "dc", "dsa", "dm", "mtt", or a plugin's own), used under
     #: ``--set eval.protocol=method`` (the ``paper`` preset); None = the uniform protocol
     paper_protocol: ClassVar[str | None] = None
+    #: True when the sets carry a learned evaluation lr (MTT), which replaces ``eval.lr``:
+    #: planning then says so beside an explicit ``--set eval.lr``
+    learns_lr: ClassVar[bool] = False
 
     def distill(self, ctx: DistillContext) -> SyntheticSet:
         raise NotImplementedError(f"{type(self).__name__}.distill")
@@ -237,6 +240,10 @@ class ProtocolSpec(Component):
     stored_name: ClassVar[str] = ""
     version: ClassVar[int] = 1
     values: ClassVar[dict[str, Any]] = {}
+    #: a paper's protocol, whose numbers ``ddbench check`` compares with results at its own
+    #: values only: run with others, it is stored starred (``dsa-eval/v1*``). False for a
+    #: protocol with no published recipe to depart from (ddbench's ``uniform``)
+    published: ClassVar[bool] = True
 
     @classmethod
     def adjust(cls, params, explicit: set[str], dataset: str, model: str, model_params: dict):
@@ -274,6 +281,10 @@ class Tracker(Component):
     def __init__(self, params=None):
         super().__init__(params or TrackerParams())
         self.enabled = True
+
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        """Refuse a ``--track-uri`` this tracker cannot use (``DDBenchError``), before any work."""
 
     @hookimpl
     def run_started(self, run, config):

@@ -122,19 +122,44 @@ class DistillContext:
         ck.save(step, {"distiller": state, "context": self._own_state()})
         return True
 
-    def resume(self, state: dict[str, Any]) -> int:
+    def resume(self, state: dict[str, Any], iterations: int | None = None) -> int:
         """Call once, after building what ``state`` holds and just before the loop: loads a
         checkpoint into it in place (tensors copied into, optimizers, modules and generators
         loaded, plain entries replaced in the dict) and restores what the context owns.
-        Returns the iterations already done (0 when there is no checkpoint)."""
-        ck = self.checkpointer
-        saved = ck.load() if ck is not None else None
-        if saved is None:
-            return 0
-        from ddbench.storage.checkpoint import restore
+        Returns the iterations already done (0 when there is no checkpoint).
 
+        The checkpoint must fit what was just built (``checkpoint.check_fits``) and its step
+        lie in ``0..iterations`` (default: the distiller's ``iterations`` parameter). One
+        that does not is set aside with a warning and 0 returned: the distillation starts
+        over from the untouched fresh state, never from a foreign or damaged one."""
+        ck = self.checkpointer
+        if ck is None:
+            return 0
+        import sys
+
+        from ddbench.errors import DDBenchError
+        from ddbench.storage.checkpoint import check_fits, restore
+
+        try:
+            saved = ck.load(iterations)
+            if saved is None:
+                return 0
+            if not isinstance(saved.state, dict) or set(saved.state) != {"distiller", "context"}:
+                raise DDBenchError(f"{ck.path} holds no distiller and context state")
+            check_fits(state, saved.state["distiller"], "the distiller's state")
+            self._check_own(saved.state["context"])
+        except DDBenchError as exc:
+            why = (str(exc).strip().splitlines() or ["unreadable"])[0].removeprefix(f"{ck.path} ")
+            moved = ck.set_aside()
+            print(f"ddbench: warning: checkpoint {ck.path} set aside as {moved.name} ({why}); "
+                  f"distilling from the start", file=sys.stderr)
+            return 0
         restore(state, saved.state["distiller"], "the distiller")
         self._restore_own(saved.state["context"])
+        ck.adopt(saved)
+        budget = ck.iterations if iterations is None else iterations
+        if budget is not None:  # a resumed run reports where it stands (a set resumed at its end too)
+            self.progress(saved.step, budget)
         return saved.step
 
     def _own_state(self) -> dict[str, Any]:
@@ -151,12 +176,45 @@ class DistillContext:
             own["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return own
 
-    def _restore_own(self, own: dict[str, Any]) -> None:
+    def _check_own(self, own: Any) -> None:
+        """``DDBenchError`` unless ``own`` (a checkpoint's context part) fits this context:
+        the same objectives, trace series of matching steps and values, generator states of
+        the right size. An objective's state is checked against its ``state_dict()`` now
+        when it has one (MIM builds its heads at the first loss and checks them then)."""
         from ddbench.errors import DDBenchError
+        from ddbench.storage.checkpoint import check_fits
 
-        names = [name for name, _ in own["objectives"]]
-        if names != [obj.name for obj in self.objectives]:
-            raise DDBenchError(f"checkpoint has objectives {names}, the method {[o.name for o in self.objectives]}")
+        want = {"trace", "objective_gen", "rng", "objectives"}
+        if not isinstance(own, dict) or not want <= set(own) <= want | {"cuda_rng"}:
+            raise DDBenchError(f"the context's state holds {sorted(map(str, own)) if isinstance(own, dict) else type(own).__name__}, "
+                               f"expected {sorted(want)}")
+        check_fits(torch.get_rng_state(), own["rng"], "the global RNG state")
+        if self.device.type == "cuda" and own.get("cuda_rng") is not None:
+            check_fits(torch.cuda.get_rng_state(self.device), own["cuda_rng"], "the CUDA RNG state")
+        if own["objective_gen"] is not None:
+            check_fits(torch.Generator(), own["objective_gen"], "the objectives' stream")
+        trace = own["trace"]
+        if not isinstance(trace, dict):
+            raise DDBenchError(f"the trace is a {type(trace).__name__}, expected a dict")
+        for name, series in trace.items():
+            if not isinstance(name, str) or not isinstance(series, tuple) or len(series) != 2:
+                raise DDBenchError(f"trace {name!r} is not a named pair of (steps, values)")
+            n = len(series[0]) if isinstance(series[0], torch.Tensor) and series[0].dim() == 1 else 0
+            check_fits((torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.float64)), series,
+                       f"trace {name!r}")
+        held, expected = own["objectives"], [obj.name for obj in self.objectives]
+        pairs = isinstance(held, list) and all(isinstance(e, list) and len(e) == 2 for e in held)
+        names = [name for name, _ in held] if pairs else type(held).__name__
+        if names != expected:
+            raise DDBenchError(f"the checkpoint has objectives {names!r}, the method {expected}")
+        for obj, (name, saved) in zip(self.objectives, held, strict=True):
+            if not isinstance(saved, dict):
+                raise DDBenchError(f"objective {name}'s state is a {type(saved).__name__}, expected a dict")
+            live = obj.state_dict()
+            if live:
+                check_fits(live, saved, f"objective {name}'s state")
+
+    def _restore_own(self, own: dict[str, Any]) -> None:
         self.trace.clear()
         for name, (steps, values) in own["trace"].items():
             self.trace[name] = list(zip(steps.tolist(), values.tolist(), strict=True))

@@ -28,6 +28,9 @@ import annotated_types as at
 
 from ddbench.errors import DDBenchError
 
+#: the range of every stored integer (SQLite INTEGER, torch int64)
+INT64 = (-(2**63), 2**63 - 1)
+
 __all__ = [
     "AllowNonFinite",
     "Check",
@@ -218,6 +221,9 @@ def _check_type(spec: _Spec, value, where: str) -> None:
     accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(spec.base)
     if accepted is not None and (not isinstance(value, accepted) or (spec.base is not bool and isinstance(value, bool))):
         raise DDBenchError(f"invalid value {value!r} for {where}: expected {spec.base.__name__}")
+    if spec.base is int and not INT64[0] <= value <= INT64[1]:
+        raise DDBenchError(f"invalid value {value} for {where}: must fit a 64-bit integer "
+                           f"({INT64[0]}..{INT64[1]}), as the store and torch hold it")
 
 
 def public(name: str) -> str:
@@ -257,6 +263,7 @@ def parse_value(tp, text: str, where: str):
     checked); ``where`` (``ns.param``) names it in errors."""
     spec = _spec(tp, where)
     value = _parse(spec, text, where)
+    _check_type(spec, value, where)  # an int beyond 64 bits, however it is spelled
     _check(spec, value, where)
     return value
 
@@ -282,7 +289,10 @@ def _parse(spec: _Spec, text: str, where: str):
                 return False
             raise ValueError
         if tp is int:
-            f = float(text)
+            try:  # exactly, however large (the 64-bit bound is checked with the constraints)
+                return int(text)
+            except ValueError:
+                f = float(text)  # 1e3
             if not f.is_integer():
                 raise ValueError
             return int(f)

@@ -24,13 +24,14 @@ from ddbench.errors import DDBenchError
 from ddbench.execution.events import ResultEvent, SynsetEvent, failed_event
 from ddbench.execution.tasks import Task, job_text, reporter, run_job
 from ddbench.keys import params_json
-from ddbench.plan import Job, Prepared, RunOptions, prepare
+from ddbench.plan import Job, Prepared, RunOptions, prepare, split_list
 from ddbench.registry import Registry
 from ddbench.runtime import compiling
 from ddbench.runtime.allocator import tune_allocator
 from ddbench.runtime.cost import device_name
 from ddbench.runtime.progress import Progress
 from ddbench.storage import artifacts, checkpoint
+from ddbench.storage.liveness import describe
 from ddbench.storage.records import ResultRow, RunRow, SynsetRow
 from ddbench.storage.store import Store, check_writable
 from ddbench.synthetic import SyntheticSet
@@ -100,12 +101,16 @@ def run(options: RunOptions, registry: Registry, command: str = "") -> RunSummar
     compiling.mode()  # a bad $DDBENCH_COMPILE fails here, before anything is written
     check_writable(Path(options.store))  # fail before the (slow) data loading
     checkpoints(options)  # a bad interval fails here too
+    check_folders(Path(options.store))
     prepared = prepare(options, registry)
     for w in prepared.warnings:
         print(f"ddbench: warning: {w}", file=sys.stderr)
     for n in prepared.notes:
         print(f"ddbench: {n}", file=sys.stderr)
     store = Store(Path(options.store))
+    for r in store.abandoned:
+        print(f"ddbench: run {r.run_id} was left running by {describe(r.driver)}, which has ended; "
+              "marked abandoned (its stored cells are kept)", file=sys.stderr)
     try:
         return _execute(options, registry, prepared, store, command)
     finally:
@@ -154,6 +159,35 @@ def checkpoints(options: RunOptions) -> checkpoint.CheckpointPolicy:
     path: workers on this machine or on a shared file system find them from any cwd."""
     return checkpoint.CheckpointPolicy(Path(options.store).parent.absolute() / "checkpoints",
                                        options.checkpoint_every, options.checkpoint_minutes)
+
+
+#: the folders a run writes beside the store, and what they hold
+FOLDERS = {"artifacts": "synthetic sets", "checkpoints": "checkpoints"}
+
+
+def check_folders(store: Path) -> None:
+    """Fail before any work (one line, nothing written) when a folder a run writes beside
+    the store (``FOLDERS``) is taken by a file or cannot be written: otherwise the first
+    distillation to finish (``random``'s included) ends in a traceback. Probes with a file
+    created and removed at once; a missing folder is probed where it will be created."""
+    import os
+    import tempfile
+
+    for name, holds in FOLDERS.items():
+        folder = Path(store).parent / name
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise DDBenchError(f"{str(folder)!r} is not a folder; ddbench keeps its {holds} there, beside the store: "
+                               f"move it away or choose another --store")
+        probe = folder
+        while not probe.exists():
+            probe = probe.parent
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".ddbench-probe-", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise DDBenchError(f"cannot write {holds} in {str(folder)!r} ({exc.strerror}): make it writable "
+                               f"or choose another --store") from None
 
 
 def _execute(options, registry, prepared, store, command) -> RunSummary:
@@ -274,12 +308,15 @@ def enable_trackers(registry, names: str, store: str | Path, uri: str | None = N
     register them on ``registry.pm`` for this run; a bad name or a missing library is an
     error before anything is written. Their files go beside ``store``; ``uri`` is
     ``--track-uri``, for the trackers that take one."""
-    wanted = list(dict.fromkeys(n.strip() for n in (names or "").split(",") if n.strip()))
+    wanted = split_list(names, "--track") if names else []
     entries = [registry.get("trackers", n) for n in wanted]
     if uri and not any(e.cls.takes_uri for e in entries):
         takers = [e.cls for e in registry.entries("trackers") if e.cls.takes_uri]
         raise DDBenchError(f"--track-uri is {' or '.join(t.title or t.name for t in takers) or 'no tracker'}'s "
                            f"tracking URI: use it with --track {','.join(t.name for t in takers)}")
+    for e in entries:
+        if uri and e.cls.takes_uri:
+            e.cls.check_uri(uri)
     folder = str(Path(store).parent.resolve())
     trackers = [registry.create("trackers", e.name, folder=folder, uri=(uri or "") if e.cls.takes_uri else "")
                 for e in entries]

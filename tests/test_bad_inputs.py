@@ -69,7 +69,50 @@ CASES = [
     (["--executor", "nosuch"], ["nosuch", "local"]),
     (["--jobs", "0"], ["--jobs", "0"]),
     (["--set", "local.jobs=0"], ["local.jobs", "0"]),
+    # integers beyond what the store and torch hold (64 bits)
+    (["--seeds", "9223372036854775808"], ["seed", "9223372036854775808", "64-bit"]),
+    (["--ipc", "99999999999999999999999"], ["ipc", "99999999999999999999999", "64-bit"]),
+    (["--set", "dm.iterations=99999999999999999999999"], ["dm.iterations", "99999999999999999999999", "64-bit"]),
+    (["--set", "dm.batch_real=1e300"], ["dm.batch_real", "64-bit"]),
+    # trackers
+    (["--track", ",,"], ["--track", "empty"]),
+    (["--track", "mlflow,"], ["--track", "empty item"]),
+    (["--track", "nosuch"], ["nosuch", "mlflow", "wandb"]),
+    (["--track", "mlflow", "--track-uri", "garbage"], ["'garbage'", "http", "file"]),
+    (["--track", "mlflow", "--track-uri", "http://"], ["'http://'", "tracking URI"]),
 ]
+
+#: sweep files that are not what a sweep file is: (suffix, bytes, fragments of the error)
+CONFIGS = [
+    (".yaml", b"methods: [random]\nseeds: [99999999999999999999999]\n", ["seeds", "64-bit"]),
+    (".yaml", b"methods: [random]\nset: {dm.iterations: 99999999999999999999999}\n", ["dm.iterations", "64-bit"]),
+    (".yaml", b"methods: " + b"[" * 3000 + b"]" * 3000 + b"\n", ["nested deeper"]),
+    (".yaml", b"params: {dm: {a: {b: {c: {d: {e: {f: {g: 1}}}}}}}}\n", ["nested deeper"]),
+    (".toml", b"x = " + b"[" * 3000 + b"]" * 3000 + b"\n", ["nested deeper"]),
+    (".yaml", b"methods: [random]\nstore: \xff\xfe\n", ["not UTF-8", "0xff"]),
+    (".yaml", b"methods: [random]\n1: 2\n", ["key 1", "not text"]),
+    (".yaml", b"ipc: [1, null]\n", ["ipc[1]", "null"]),
+    (".yaml", b"set: {dm.iterations: null}\n", ["dm.iterations"]),
+    (".yaml", b"store: [a, b]\nmethods: [random]\n", ["store", "one value"]),
+    (".yaml", b"methods: [random]\ntrack: [mlflow, '']\n", ["--track", "empty item"]),
+    (".yaml", b"# big\n" + b"#" * (1 << 20) + b"\n", ["larger than 1 MiB"]),
+]
+
+
+@pytest.mark.parametrize(("suffix", "content", "fragments"), CONFIGS,
+                         ids=[f"{i}:{c[:30]!r}" for i, (_, c, _) in enumerate(CONFIGS)])
+def test_bad_sweep_file_is_one_line_exit_2_and_the_store_is_untouched(ddb, stored, tmp_path, suffix, content,
+                                                                       fragments):
+    results = tmp_path / "results"
+    shutil.copytree(stored, results)
+    before = snapshot(results)
+    config = tmp_path / f"sweep{suffix}"
+    config.write_bytes(content)
+    res = ddb("run", "--config", str(config), "--store", str(results / "r.sqlite"),
+              "--data-root", str(stored.parent / "data"), "--quiet")
+    refused(res, fragments)
+    assert snapshot(results) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["results", config.name])
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +127,15 @@ def stored(tmp_path_factory) -> Path:
               "--data-root", "data", *TINY])  # returns normally when every cell is stored ok
     assert (folder / "results" / "r.sqlite").is_file()
     return folder / "results"
+
+
+def refused(res, fragments) -> None:
+    """Exit 2 with one ``ddbench: error:`` line holding every fragment."""
+    assert res.code == 2, (res.code, res.err)
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddbench: error: "), res.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -102,11 +154,7 @@ def test_bad_input_is_one_line_exit_2_and_the_store_is_untouched(ddb, stored, tm
     shutil.copytree(stored, results)
     before = snapshot(results)
     res = ddb(*BASE, "--store", str(results / "r.sqlite"), "--data-root", str(stored.parent / "data"), *args)
-    assert res.code == 2, (res.code, res.err)
-    lines = res.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ddbench: error: "), res.err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
+    refused(res, fragments)
     assert snapshot(results) == before
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, rows
 from scipy import stats as st
+from test_protocols import QUICK, RANDOM, published
 from test_report import fixed_store
 
 from ddbench.analysis import baselines, stats
@@ -235,6 +236,65 @@ def test_published_numbers_unverified_rows_never_fail(ddb, tmp_path):
     assert r.code == 0 and "PASSED: 2 cell(s)" in r.out
 
 
+def test_a_published_number_is_never_compared_with_its_protocol_at_other_values(fake_plugin, ddb, tmp_path):
+    fake_plugin("quick", QUICK)
+    store = tmp_path / "r.sqlite"
+    for ipc, sets in (("1", []), ("2", ["--set", "eval.epochs=3"])):
+        res = ddb("run", *RANDOM, "--ipc", ipc, "--set", "eval.protocol=quick", *sets, "--store", str(store))
+        assert res.code == 0, res.err
+    mean = sum(100 * r["accuracy"] for r in rows(store, "ipc=1")) / 2
+    csv = published(tmp_path / "p.csv", mean, "quick-eval")
+    csv_text = Path(csv).read_text()
+    Path(csv).write_text(csv_text + csv_text.splitlines()[-1].replace(",1,convnet,", ",2,convnet,") + "\n")
+    res = ddb("check", csv, "--store", str(store))
+    assert res.code == 0 and "PASSED: 1 cell(s)" in res.out, res.out
+    assert "1 cell(s) in the baseline not compared, their results here not under the published protocol:" in res.out
+    assert "  random digits/ipc2/convnet: only under quick-eval/v1* (epochs=3): not the published protocol" in res.out
+    res = ddb("check", csv, "--store", str(store), "--strict")
+    assert res.code == 1 and "FAILED: 1 not comparable over 1 compared cell(s)" in res.out
+    res = ddb("report", "--store", str(store))
+    assert "protocol quick-eval/v1 #" in res.out and "protocol quick-eval/v1* #" in res.out
+    assert ("quick-eval/v1* (overrides: epochs=3 (quick-eval: 2)): not the published protocol, "
+            "never checked against its numbers") in res.out
+
+
+def test_cells_pool_across_num_eval_and_rows_stored_before_the_star_are_judged_by_their_values(
+        fake_plugin, ddb, tmp_path):
+    fake_plugin("quick", QUICK)
+    store = tmp_path / "r.sqlite"
+    quick = [*RANDOM, "--set", "eval.protocol=quick", "--store", str(store)]
+    assert ddb("run", *quick, "--set", "eval.num_eval=1").code == 0
+    (first,) = rows(store)
+    assert first["protocol"] == "quick-eval/v1*"
+    csv = published(tmp_path / "p.csv", 100 * first["accuracy"], "quick-eval")
+    res = ddb("check", csv, "--store", str(store))
+    assert res.code == 1 and "only under quick-eval/v1* (num_eval=1): not the published protocol" in res.out
+    assert "FAILED: no cell compared; the results here are not under the published protocols" in res.out
+    # the published run finds its first network stored (num_eval is outside the keys) and adds the
+    # second: the two pool as the published protocol's two networks, whatever their stored labels
+    assert ddb("run", *quick).code == 0
+    assert sorted(r["protocol"] for r in rows(store)) == ["quick-eval/v1", "quick-eval/v1*"]
+    report = ddb("report", "--store", str(store)).out
+    assert "quick-eval/v1*" not in report and "(n=2)" in report and "num_eval=2" in report
+    res = ddb("check", csv, "--store", str(store), "--strict")
+    assert res.code == 0 and "PASSED: 1 cell(s)" in res.out, res.out
+    # another set evaluated by one network only stays starred beside them
+    assert ddb("run", *quick, "--seeds", "1", "--set", "eval.num_eval=1").code == 0
+    report = ddb("report", "--store", str(store)).out
+    assert "protocol quick-eval/v1 #" in report and "quick-eval/v1* (overrides: num_eval=1 (quick-eval: 2))" in report
+    res = ddb("check", csv, "--store", str(store), "--strict")
+    assert res.code == 0 and "(n=2)" in res.out and "not compared" not in res.out, res.out
+    # 1-network rows as an earlier ddbench stored them, unstarred: judged by their stored values
+    db = sqlite3.connect(store)
+    with db:
+        db.execute("DELETE FROM results WHERE eval_index = 1")
+        db.execute("UPDATE results SET protocol = 'quick-eval/v1'")
+    db.close()
+    res = ddb("check", csv, "--store", str(store))
+    assert res.code == 1 and "only under quick-eval/v1* (num_eval=1): not the published protocol" in res.out
+    assert "quick-eval/v1* (overrides: num_eval=1 (quick-eval: 2))" in ddb("report", "--store", str(store)).out
+
+
 def test_the_published_table_holds_the_reference_numbers():
     b = baselines.load(BASELINES / "reported.csv")
     assert b.kind == "reported" and b.tolerance_pp == 2.0
@@ -255,6 +315,14 @@ def test_the_published_table_holds_the_reference_numbers():
     # every DC/DSA low-resolution number of REFERENCE 10.1
     assert sum(1 for k in b.cells if k.method in ("dc", "dsa") and k.ipc in ("1", "10", "50")
                and k.model == "convnet" and k.dataset != "tinyimagenet") == 29
+    # a protocol is named only for a paper's own number of its own method; later papers' runs
+    # (IPC 500/1000, DSA on CIFAR-100 IPC 50, another paper's cross-architecture runs) name none
+    assert {c.protocol for c in b.cells.values() if c.protocol} == {"dc-eval", "dsa-eval", "dm-eval", "mtt-eval"}
+    assert all(c.protocol == f"{k.method}-eval" for k, c in b.cells.items() if c.protocol)
+    assert cell("dc", "mnist", 1).protocol == "dc-eval" and cell("mtt", "cifar10", 1, "zca").protocol == "mtt-eval"
+    assert not any(cell(m, "cifar10", ipc).protocol for m in ("dc", "dsa", "dm") for ipc in (500, 1000))
+    assert not cell("dsa", "cifar100", 50).protocol and not cell("mtt", "cifar100", 100).protocol
+    assert not cell("dsa", "cifar10", 10, model="resnet18").protocol
 
 
 def _tox_sweep() -> list[str]:

@@ -254,7 +254,7 @@ def test_resume_in_local_worker_processes(tmp_path, fake_plugin, ddb):
     assert list(_steps(log).values()) == [RESUMED_STEPS]
 
 
-def test_a_bad_checkpoint_fails_the_distillation_and_is_removed(tmp_path, ddb):
+def test_a_bad_checkpoint_is_set_aside_and_the_distillation_starts_over(tmp_path, ddb):
     from ddbench.cli.base import registry
     from ddbench.plan import RunOptions, prepare
 
@@ -266,7 +266,9 @@ def test_a_bad_checkpoint_fails_the_distillation_and_is_removed(tmp_path, ddb):
     path, marker = tmp_path / "checkpoints" / f"{key}.safetensors", tmp_path / "executed"
     path.parent.mkdir()
     torch.save(_Boom(str(marker)), path)
+    evil = path.read_bytes()
     res = ddb("run", *args, "--store", "store.sqlite")
-    assert res.code == 1 and "is not a ddbench checkpoint" in res.err, res.err
-    assert not marker.exists() and not path.exists()  # the next run starts clean
-    assert ddb("run", *args, "--store", "store.sqlite").code == 0
+    assert res.code == 0 and "is not a ddbench checkpoint" in res.err and "set aside" in res.err, res.err
+    assert not marker.exists() and not path.exists()  # never unpickled, never resumed
+    (aside,) = path.parent.glob(f"{path.name}.rejected-*")  # kept for a look
+    assert aside.read_bytes() == evil

@@ -76,7 +76,7 @@ def test_each_format_round_trips_pixels_to_normalised_space(fmt, tmp_path, digit
     ext = read_external(write(fmt, tmp_path, x, y, lr=0.02))
     assert ext.format == FORMATS[fmt] and ext.soft is None and ext.soft_kind is None
     syn, space = fit_to_dataset(ext, digits, "auto", WHO)
-    assert space == "pixel (auto: every value in [0, 1])"
+    assert space == "pixel (auto: values fill [0, 1])"
     assert syn.images.dtype == torch.float32
     assert torch.allclose(syn.images, normalised(digits, x), atol=1e-6)
     assert torch.equal(syn.labels, y) and syn.labels.dtype == torch.int64
@@ -87,7 +87,7 @@ def test_normalised_file_is_used_as_is(tmp_path, digits):
     x = torch.randn(N, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2
     path = write("safetensors", tmp_path, x, torch.arange(N) % 10)
     syn, space = fit(path, digits)
-    assert space == "normalized (auto: values outside [0, 1])"
+    assert space == "normalized (auto: values beyond [-0.25, 1.25], so not pixels)"
     assert torch.equal(syn.images, x) and syn.lr is None
     ext = read_external(path)
     syn, space = fit_to_dataset(ext, digits, "normalized", WHO)
@@ -105,8 +105,8 @@ def test_space_declared_in_safetensors_metadata_is_honoured_under_auto(tmp_path,
     assert space == "normalized (declared in the file)" and torch.equal(syn.images, x)
     syn, space = fit(tmp_path / "s.safetensors", digits, "pixel")  # an explicit space wins
     assert space == "pixel" and torch.allclose(syn.images, normalised(digits, x), atol=1e-6)
-    save_file({"images": x, "labels": y}, str(tmp_path / "bad.safetensors"), metadata={"space": "zca"})
-    one_line_error(tmp_path / "bad.safetensors", digits, "metadata space 'zca'; valid: pixel, normalized")
+    save_file({"images": x, "labels": y}, str(tmp_path / "bad.safetensors"), metadata={"space": "rgb"})
+    one_line_error(tmp_path / "bad.safetensors", digits, "metadata space 'rgb'; valid: pixel, normalized, zca")
 
 
 def test_explicit_pixel_space_normalises_and_zca_whitens(tmp_path, digits):

@@ -66,7 +66,7 @@ def test_released_sets_in_every_format_beside_random_and_dm(ddb, tmp_path, digit
     assert set(by_method) == {"random", "dm", *(f"file:{p}" for p in sets.values())}
     assert all(r["status"] == "ok" and r["ipc"] == 1 for r in got)
     # the planning notes say what was read: hash, soft labels, lr, the space rule applied
-    assert "images pixel (auto: every value in [0, 1])" in res.err
+    assert "images pixel (auto: values fill [0, 1])" in res.err
     assert "soft labels (probs)" in res.err and "soft labels (logits)" in res.err and "lr 0.02" in res.err
     for path in sets.values():
         params = json.loads(by_method[f"file:{path}"]["params"])["file"]

@@ -10,6 +10,7 @@ from conftest import TINY, rows
 
 from ddbench.evaluation import protocol as proto
 from ddbench.evaluation.protocol import Protocol, ProtocolParams
+from ddbench.plan.resolve import Resolver
 from ddbench.registry import load_registry
 
 NAMED = {e.name: e.cls for e in load_registry().entries("protocols")}
@@ -108,34 +109,90 @@ def test_dc_protocol_run_is_stored_under_its_name(ddb, tmp_path, monkeypatch):
               "--set", "eval.protocol=dc", "--set", "eval.dc_aug=crop_noise", *TINY)
     assert res.code == 0, res.err
     (row,) = rows(store)
-    assert row["protocol"] == "dc-eval/v1"
+    assert row["protocol"] == "dc-eval/v1*"  # DC's own values on digits: no augmentation, 300 epochs, 20 nets
     params = json.loads(row["protocol_params"])
     assert params["name"] == "dc-eval" and params["dsa"] is False and params["dc_aug"] == "crop_noise"
     assert calls and set(calls) == {"crop_noise"}
-    assert "dc-eval/v1" in res.out  # the table footer names the protocol
+    # the table footer names the protocol and what departs from DC's published values
+    assert ("dc-eval/v1* (overrides: epochs=2 (dc-eval: 300), num_eval=1 (20), dc_aug=crop_noise (none)): "
+            "not the published protocol") in res.out
 
 
-def test_check_compares_a_published_number_with_its_protocol_only(ddb, tmp_path):
+#: a paper's protocol cheap enough to run at its published values in a test
+QUICK = '''
+import ddbench
+
+class Quick(ddbench.ProtocolSpec):
+    """A paper's protocol: no augmentation, 2 epochs, 2 nets."""
+    name, stored_name = "quick", "quick-eval"
+    values = {"dsa": False, "epochs": 2, "num_eval": 2}
+
+@ddbench.hookimpl
+def register_protocols(register):
+    register(Quick)
+'''
+#: one random set on digits, evaluated under the protocol its --set names (the paper preset sets no
+#: protocol value, the small one its epochs and networks)
+RANDOM = ["--methods", "random", "--ipc", "1", "--seeds", "0", "--preset", "paper", "--quiet"]
+PUBLISHED = "method,dataset,conditions,ipc,model,mean,std,n,labels,protocol\n"
+
+
+def published(path, mean: float, protocol: str):
+    path.write_text(PUBLISHED + f"random,digits,clean,1,convnet,{mean:.2f},0.1,5,hard,{protocol}\n")
+    return str(path)
+
+
+def _cell(preset: str, sets: dict, paper: str | None = "dsa", dataset: str = "mnist") -> Protocol:
+    resolver = Resolver(load_registry(), preset, sets)
+    (choice,) = resolver.protocols()
+    return choice.for_cell(paper, dataset, resolver.models("convnet")[0])
+
+
+def test_a_papers_protocol_off_its_published_values_is_starred_and_keeps_its_keys():
+    assert _cell("paper", {}).label == "dsa-eval/v1" and _cell("paper", {}).deviations == ()
+    off = _cell("paper", {("eval", "epochs"): ["100"], ("eval", "num_eval"): ["2"]})
+    assert off.label == "dsa-eval/v1*" and off.deviations == ("epochs=100", "num_eval=2")
+    # a label only: stored parameters and hash (the cells' keys) are those of the same values unstarred
+    same = Protocol(off.params, "paper", "dsa-eval", 1)
+    assert same.label == "dsa-eval/v1" and (off.as_dict(), off.hash) == (same.as_dict(), same.hash)
+    # scheduling and the label mode are no departure (the label names the mode)
+    assert _cell("paper", {("eval", "labels"): ["soft"], ("eval", "batched"): ["off"]}).label == "dsa-eval/v1+soft"
+    assert _cell("paper", {("eval", "labels"): ["soft"], ("eval", "lr"): ["0.1"]}).label == "dsa-eval/v1*+soft"
+    assert proto.starred("dsa-eval/v1+soft") == "dsa-eval/v1*+soft" == proto.starred("dsa-eval/v1*+soft")
+    # the uniform protocol has no published values to depart from, the small preset's included
+    assert _cell("small", {}, paper=None).label == "ddbench-eval/v1"
+    assert _cell("small", {("eval", "protocol"): ["mtt"]}).label == "mtt-eval/v1*"
+    # DC's published values follow the dataset and model (get_daparam)
+    dc = ProtocolParams(dsa=False, dc_aug="none", epochs=300, num_eval=20)
+    assert proto.deviations(NAMED["dc"], dc, "cifar10", "convnet", {"norm": "instancenorm"}) == {}
+    assert proto.deviations(NAMED["dc"], dc, "mnist", "convnet", {"norm": "instancenorm"}) == {
+        "epochs": (1000, 300), "dc_aug": ("crop_scale_rotate", "none")}
+    assert _cell("paper", {}, paper="dc", dataset="cifar10").label == "dc-eval/v1"
+
+
+def test_check_compares_a_published_number_with_its_protocol_at_its_values_only(fake_plugin, ddb, tmp_path):
+    fake_plugin("quick", QUICK)
     store = tmp_path / "r.sqlite"
-    for choice in ("uniform", "dc"):
-        res = ddb("run", "--methods", "random", "--ipc", "1", "--seeds", "0", "--store", str(store),
-                  "--set", f"eval.protocol={choice}", *TINY)
+    for sets in (["eval.protocol=uniform", "eval.epochs=2", "eval.num_eval=1"], ["eval.protocol=quick"],
+                 ["eval.protocol=quick", "eval.epochs=3"]):
+        res = ddb("run", *RANDOM, "--store", str(store), *[a for s in sets for a in ("--set", s)])
         assert res.code == 0, res.err
-    by_protocol = {r["protocol"]: 100 * r["accuracy"] for r in rows(store)}
-    csv = tmp_path / "published.csv"
-    head = "method,dataset,conditions,ipc,model,mean,std,n,labels,protocol\n"
-    csv.write_text(head + f"random,digits,clean,1,convnet,{by_protocol['dc-eval/v1']:.2f},0.1,5,hard,dc-eval\n")
-    res = ddb("check", str(csv), "--store", str(store))
+    got = {}
+    for r in rows(store):
+        got.setdefault(r["protocol"], []).append(100 * r["accuracy"])
+    assert sorted(got) == ["ddbench-eval/v1", "quick-eval/v1", "quick-eval/v1*"]
+    mean = sum(got["quick-eval/v1"]) / 2
+    res = ddb("check", published(tmp_path / "p.csv", mean, "quick-eval"), "--store", str(store), "--strict")
     assert res.code == 0, res.out + res.err
-    assert f"{by_protocol['dc-eval/v1']:.1f}" in res.out
-    # without the protocol the number could be either: refused as ambiguous
-    csv.write_text(head + f"random,digits,clean,1,convnet,{by_protocol['dc-eval/v1']:.2f},0.1,5,hard,\n")
-    res = ddb("check", str(csv), "--store", str(store))
+    assert "PASSED: 1 cell(s)" in res.out and f"{mean:.1f} ± " in res.out and "(n=2)" in res.out
+    # without the protocol the number could be any of them: refused as ambiguous
+    csv = published(tmp_path / "p.csv", mean, "")
+    res = ddb("check", csv, "--store", str(store))
     assert res.code == 2 and "two protocols" in res.err
     # a local copy compared under the published name; a bad alias is a one-line error
-    res = ddb("check", str(csv), "--store", str(store), "--dataset-as", "digits")
+    res = ddb("check", csv, "--store", str(store), "--dataset-as", "digits")
     assert res.code == 2 and "malformed --dataset-as 'digits'" in res.err
-    res = ddb("check", str(csv), "--store", str(store), "--dataset-as", "mnist=cifar10")
+    res = ddb("check", csv, "--store", str(store), "--dataset-as", "mnist=cifar10")
     assert res.code == 2 and "--dataset-as 'mnist'" in res.err and "valid: digits" in res.err
 
 
@@ -153,3 +210,19 @@ def test_protocol_list_names_each_protocol(ddb):
     for name, cls in NAMED.items():
         assert f"{name}: {cls.stored_name}/v{cls.version}" in res.out
     assert proto.NAMESPACE in res.out
+
+
+def test_scores_pair_a_papers_protocol_with_its_cells_without_augmentation_which_are_starred():
+    from ddbench.analysis import scores
+    from ddbench.analysis.results import CellId, Sample, Table
+
+    on = {"name": "dsa-eval", "version": 1, "dsa": True, "epochs": 1000}
+    cell = CellId("digits", "clean", "1", "convnet")
+    tables = []
+    for label, params, acc in (("dsa-eval/v1", on, {"random": 0.5, "dm": 0.7}),
+                               ("dsa-eval/v1*", {**on, "dsa": False}, {"random": 0.4, "dm": 0.5})):
+        t = Table(label, "h", params, "env", ["random", "dm"])
+        t.cells[cell] = {m: Sample(values={0: a, 1: a}) for m, a in acc.items()}
+        tables.append(t)
+    (s,) = scores.compute(tables)
+    assert s.ars is not None and s.ars[0] == pytest.approx(scores.normalise(0.5 * 0.2 + 0.5 * 0.1))

@@ -42,8 +42,10 @@ def test_reproduction_script_runs_end_to_end_with_a_tiny_budget(tmp_path):
         ("dm", 1, 0), ("dm", 10, 0), ("mtt", 1, 0), ("mtt", 10, 0)]
     assert all("imagefolder.stats=cifar10" in r["command"] for r in record["runs"])
     report = json.loads((out / "report.json").read_text())
-    assert {t["protocol"] for t in report["tables"]} == {"dm-eval/v1", "mtt-eval/v1"}
+    # the tiny budget's 1 epoch x 1 network are not the papers' values: starred protocols
+    assert {t["protocol"] for t in report["tables"]} == {"dm-eval/v1*", "mtt-eval/v1*"}
     check = (out / "check.txt").read_text()
-    # the local set is compared as cifar10, each number with its own protocol's results
-    assert "dm" in check and "mtt" in check and "cifar10" in check
+    # the local set is matched as cifar10, each number with its own protocol's results (here
+    # listed as not comparable: a paper's number is compared only at its published values)
+    assert "dm cifar10/ipc1/convnet: only under dm-eval/v1* (epochs=1, num_eval=1)" in check and "mtt" in check
     assert record["check_exit"] in (0, 1) and record["check_verdict"], check  # 2 would be a bad --dataset-as

@@ -227,3 +227,28 @@ def test_a_failing_tracker_warns_once_and_the_run_keeps_every_result(ddb, tmp_pa
     assert tracked.info.status == "FAILED"
     assert not any(k.startswith(("acc/", "cells/")) for k in tracked.data.metrics)
     assert "ddbench.status" not in tracked.data.tags
+
+
+def test_an_unreachable_tracking_server_costs_one_bounded_wait_and_one_warning(ddb, tmp_path, mlflow_env,
+                                                                                monkeypatch):
+    """A server that does not answer: MLflow's own default is 120 s per request and 7
+    retries; ddbench gives it 10 s and none, then one warning, and every result is stored."""
+    import socket
+    import time
+
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "out" / "r.sqlite"
+    start = time.perf_counter()
+    res = ddb("run", "--methods", "random", "--ipc", "1", "--seeds", "0", *TINY, "--store", str(store),
+              "--track", "mlflow", "--track-uri", f"http://127.0.0.1:{port}")
+    assert res.code == 0, res.err
+    warnings = [line for line in res.err.splitlines() if "warning: tracker mlflow" in line]
+    assert len(warnings) == 1 and "results are stored" in warnings[0]
+    assert time.perf_counter() - start < 60
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+    assert len(rows(store)) == 1 and rows(store)[0]["status"] == "ok"

@@ -5,7 +5,10 @@ than the tolerance" (``stats.shortfall``), Holm-adjusted over every tested cell,
 sweep of many cells does not raise false alarms by multiplicity. A cell is a regression
 when the adjusted p is below alpha: a drop within noise passes, a drop clearly beyond the
 tolerance fails. Published numbers marked unverified are shown but never fail a check.
-Cells on one side only are listed; ``strict`` makes them (and untestable cells) fail.
+A published number that names its protocol is compared only with results of that protocol at
+its published values (``ddbench.analysis.protocols``); results under a starred one are listed
+as not comparable, never compared. Cells on one side only are listed; ``strict`` makes them
+(and untestable and not comparable cells) fail.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from tabulate import tabulate
 
 from ddbench.analysis import stats
 from ddbench.analysis.baselines import Baseline, BaselineCell, Key, now_iso
+from ddbench.analysis.protocols import why_not_published
 from ddbench.analysis.results import EVAL, Filters, Sample, Table
 from ddbench.errors import DDBenchError
 from ddbench.evaluation.protocol import label_mode
@@ -43,6 +47,8 @@ class CheckResult:
     rows: list[Row] = field(default_factory=list)
     missing_ours: list[Key] = field(default_factory=list)  # in the baseline, no results here
     missing_base: list[Key] = field(default_factory=list)  # results here, not in the baseline
+    #: in the baseline, with results here only under its protocol away from its published values
+    not_comparable: dict[Key, list[str]] = field(default_factory=dict)
 
     @property
     def regressions(self) -> list[Row]:
@@ -55,18 +61,20 @@ class CheckResult:
     def failed(self, strict: bool) -> bool:
         if not self.rows or self.regressions:
             return True
-        return strict and bool(self.missing_ours or self.missing_base or self.untested)
+        return strict and bool(self.missing_ours or self.missing_base or self.untested or self.not_comparable)
 
 
 def unit_id(u) -> str:
     return "/".join(map(str, u)) if isinstance(u, tuple) else str(u)
 
 
-def samples(tables: list[Table], baseline: Baseline) -> dict[Key, tuple[Sample, Table]]:
+def samples(tables: list[Table], baseline: Baseline,
+            aside: dict[Key, list[str]] | None = None) -> dict[Key, tuple[Sample, Table]]:
     """Our sample per baseline key, from the tables the baseline may be compared with: those
     of its protocol hash when it records one (any environment: catching a change across
     library versions is the point), else all; for a published cell that names its protocol,
-    only tables of that protocol. A key in two such tables is ambiguous."""
+    only tables of that protocol at its published values (the others' protocols go to
+    ``aside``, per key, to be reported). A key in two such tables is ambiguous."""
     want = baseline.protocol_hash
     eligible = [t for t in tables if want is None or t.protocol_hash == want]
     if want and tables and not eligible:
@@ -86,6 +94,10 @@ def samples(tables: list[Table], baseline: Baseline) -> dict[Key, tuple[Sample, 
                 if want is None and base is not None and \
                         (base.labels == "soft") != (label_mode(t.protocol_params) != "hard"):
                     continue  # and soft-label numbers with soft- or teacher-label results only
+                if base is not None and base.protocol and t.deviations != {}:
+                    if aside is not None:  # and at its published values only
+                        aside.setdefault(key, []).append(why_not_published(t))
+                    continue
                 if key in out:
                     other = out[key][1]
                     raise DDBenchError(f"{key.short()} has results under two protocols/environments "
@@ -105,10 +117,13 @@ def check(baseline: Baseline, tables: list[Table], filters: Filters, *, toleranc
           alpha: float = stats.ALPHA) -> CheckResult:
     tol = baseline.tolerance_pp if tolerance is None else tolerance
     res = CheckResult(baseline, tol, alpha)
-    ours = samples(tables, baseline)
+    aside: dict[Key, list[str]] = {}
+    ours = samples(tables, baseline, aside)
     for key in sorted(set(baseline.cells) | set(ours)):
         if key not in ours:
-            if in_selection(key, filters):
+            if key in aside:
+                res.not_comparable[key] = aside[key]
+            elif in_selection(key, filters):
                 res.missing_ours.append(key)
             continue
         if key not in baseline.cells:
@@ -170,15 +185,22 @@ def render(res: CheckResult, strict: bool = False) -> str:
         if keys:
             lines.append(f"\n{len(keys)} cell(s) {what}{' (fail: --strict)' if strict else ''}:")
             lines += [f"  {k.short()}" for k in keys]
+    if res.not_comparable:
+        lines.append(f"\n{len(res.not_comparable)} cell(s) in the baseline not compared, their results here "
+                     f"not under the published protocol{' (fail: --strict)' if strict else ''}:")
+        lines += [f"  {k.short()}: only under {'; '.join(why)}" for k, why in res.not_comparable.items()]
     lines.append("")
-    if not res.rows:
+    if not res.rows and res.not_comparable:
+        lines.append("FAILED: no cell compared; the results here are not under the published protocols (above)")
+    elif not res.rows:
         lines.append("FAILED: no cell in common with the baseline (wrong store, --run or filters?)")
     elif res.failed(strict):
         what = [f"{len(res.regressions)} regression(s)"] if res.regressions else []
         if strict:
             what += [f"{len(x)} {name}" for x, name in ((res.missing_ours, "missing here"),
                                                        (res.missing_base, "missing in the baseline"),
-                                                       (res.untested, "untested")) if x]
+                                                       (res.untested, "untested"),
+                                                       (res.not_comparable, "not comparable")) if x]
         lines.append(f"FAILED: {', '.join(what)} over {len(res.rows)} compared cell(s)")
         lines += [f"  {r.key.short()}: {r.test.delta:+.1f} pp (p_holm {r.test.p_holm:.3g})" for r in res.regressions]
     else:

@@ -14,11 +14,12 @@ import io
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tabulate import tabulate
 
 from ddbench.analysis import scores, stats
+from ddbench.analysis.protocols import protocol_line
 from ddbench.analysis.results import SEED, CellId, Filters, LateParams, Table, group, load_rows
 
 ALPHA = stats.ALPHA
@@ -63,8 +64,7 @@ def restrict(tables: list[Table], methods: list[str]) -> list[Table]:
         cells = {c: {m: s[m] for m in methods if m in s} for c, s in t.cells.items()}
         cells = {c: s for c, s in cells.items() if s}
         if cells:
-            out.append(Table(t.protocol, t.protocol_hash, t.protocol_params, t.env,
-                             [m for m in methods if m in t.methods], cells))
+            out.append(replace(t, methods=[m for m in methods if m in t.methods], cells=cells))
     return out
 
 
@@ -108,12 +108,6 @@ def _p(p: float) -> str:
 def _p_is(p: float) -> str:
     """'= 0.012' or '< 0.001', to follow a name in a sentence."""
     return "< 0.001" if p < 0.001 else f"= {_p(p)}"
-
-
-def protocol_line(table: Table) -> str:
-    params = {k: v for k, v in table.protocol_params.items() if k not in ("name", "version")}
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
-    return f"protocol {table.protocol} #{table.protocol_hash[:8]} ({shown}); {table.env}"
 
 
 def _units(table: Table) -> str:

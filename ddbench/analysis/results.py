@@ -2,7 +2,11 @@
 
 A *table* holds results that may be pooled: the same evaluation protocol (name, version
 and parameter hash) and the same numbers-relevant environment (ddbench version and torch
-major.minor). Results of different protocols or environments never share a table.
+major.minor). Results of different protocols or environments never share a table. A paper's
+protocol away from its published values is a table of its own, starred (``dsa-eval/v1*``,
+``ddbench.analysis.protocols``), whatever the rows' stored labels say. A set's networks are
+judged by the largest run that evaluated it (``num_eval`` is outside the keys: a 20-network
+run finds a 2-network run's cells stored and adds 18), so they pool as a 20-network protocol.
 
 A *cell* (a table row) is (dataset, conditions, IPC, evaluation model). In it each method
 variant has a *sample*: with several distillation seeds the unit of replication is the
@@ -19,7 +23,9 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ddbench.analysis import protocols
 from ddbench.data.conditions import dataset_label
+from ddbench.evaluation.protocol import starred, unstarred
 from ddbench.storage.records import ResultRow, SynsetRow
 from ddbench.storage.store import Store
 
@@ -64,12 +70,15 @@ class Sample:
 
 @dataclass
 class Table:
-    protocol: str  # e.g. ddbench-eval/v1
+    protocol: str  # e.g. ddbench-eval/v1, dsa-eval/v1* (starred: not at its published values)
     protocol_hash: str
     protocol_params: dict
     env: str  # e.g. "ddbench 0.1.0, torch 2.14"
     methods: list[str] = field(default_factory=list)  # column order
     cells: dict[CellId, dict[str, Sample]] = field(default_factory=dict)
+    #: field -> (published, used) where a paper's protocol departs from its published values;
+    #: None: not a registered paper's protocol (``protocols.judge``)
+    deviations: protocols.Deviations = None
 
     def sorted_cells(self) -> list[CellId]:
         return sorted(self.cells, key=CellId.sort_key)
@@ -127,23 +136,27 @@ def load_rows(store: Store, filters: Filters) -> list[ResultRow]:
     return out
 
 
-def group(rows: list[ResultRow], late: LateParams, method_order: list[str] | None = None) -> list[Table]:
+def group(rows: list[ResultRow], late: LateParams, method_order: list[str] | None = None,
+          specs: protocols.Specs | None = None) -> list[Table]:
     """Rows -> tables of cells of samples (see the module docstring for the rules).
 
-    ``late`` is the installed components' ``late_params`` (``Registry.late_params()``): a
-    pure function of the rows and what the caller hands it."""
+    ``late`` is the installed components' ``late_params`` (``Registry.late_params()``) and
+    ``specs`` the registered protocols (``protocols.registered()``, the default): a pure
+    function of the rows and what the caller hands it."""
     rows = sorted(rows, key=lambda r: r.created or 0)
     variant = variant_labels(rows, late)
     model_label = _model_labels(rows)
+    protocol_of = _protocols(rows, protocols.registered() if specs is None else specs)
     tables: dict[tuple, Table] = {}
     # (table, cell, variant) -> seed -> {distill_key: [(created, eval_index, accuracy)]}
     raw: dict[tuple, dict[int, dict[str, list]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     failed: dict[tuple, int] = defaultdict(int)
     for r in rows:
         env = environment(r.versions)
-        tkey = (r.protocol, r.protocol_hash, env)
+        plabel, stored, devs = protocol_of[r.cell_key]
+        tkey = (plabel, r.protocol_hash, env, tuple(devs.items()) if devs else None)
         if tkey not in tables:
-            tables[tkey] = Table(r.protocol, r.protocol_hash, r.json_field("protocol_params"), env)
+            tables[tkey] = Table(plabel, r.protocol_hash, stored, env, deviations=devs)
         table = tables[tkey]
         label = variant[r.cell_key]
         if label not in table.methods:
@@ -179,6 +192,31 @@ def group(rows: list[ResultRow], late: LateParams, method_order: list[str] | Non
             rank = {m: i for i, m in enumerate(method_order)}
             table.methods.sort(key=lambda m: rank.get(m, len(rank)))
     return sorted(tables.values(), key=lambda t: (t.protocol, t.env, t.protocol_hash))
+
+
+def _protocols(rows: list[ResultRow], specs: protocols.Specs) -> dict[str, tuple[str, dict, protocols.Deviations]]:
+    """cell_key -> (table label, stored parameters, deviations): the label starred exactly where
+    the row's protocol departs from its published values. ``num_eval`` is that of the largest
+    run among the rows of the row's networks (one set, model and recipe)."""
+    params = {p: json.loads(p or "{}") for p in {r.protocol_params for r in rows}}
+    networks = {r.cell_key: (unstarred(r.protocol or ""), r.protocol_hash, environment(r.versions),
+                             r.distill_key, r.model, r.model_params) for r in rows}
+    planned: dict[tuple, int] = defaultdict(int)
+    for r in rows:
+        nets = networks[r.cell_key]
+        planned[nets] = max(planned[nets], params[r.protocol_params].get("num_eval", 0))
+    out, memo = {}, {}
+    for r in rows:
+        base, n = networks[r.cell_key][0], planned[networks[r.cell_key]]
+        key = (base, r.protocol_params, n, r.dataset, r.model, r.model_params)
+        if key not in memo:
+            stored = dict(params[r.protocol_params])
+            if "num_eval" in stored:
+                stored["num_eval"] = n
+            devs = protocols.judge(specs, stored, r.dataset, r.model, r.json_field("model_params"))
+            memo[key] = (starred(base) if devs else base, stored, devs)
+        out[r.cell_key] = memo[key]
+    return out
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

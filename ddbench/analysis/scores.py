@@ -60,7 +60,7 @@ class Score:
 
 def _recipe(table: Table) -> tuple:
     p = table.protocol_params
-    return (table.protocol.split("+")[0], table.env,
+    return (proto.unstarred(table.protocol).split("+")[0], table.env,  # aug off stars a paper's protocol
             tuple(sorted((k, str(v)) for k, v in p.items() if k not in _VARYING)))
 
 

@@ -18,7 +18,8 @@ under its own paper's protocol (a distiller's ``paper_protocol``; ``uniform`` wh
 none). Each protocol is stored under its own name and version, so results of different
 protocols are never pooled and ``ddbench check`` compares a published number only with
 results of the protocol behind it. Values set by a preset or ``--set`` win over a
-protocol's own (e.g. the ``small`` preset's epochs).
+protocol's own (e.g. the ``small`` preset's epochs); a paper's protocol so changed is stored
+starred (``dsa-eval/v1*``) and never compared with the paper's numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Uniform(ProtocolSpec):
     """ddbench's head-to-head protocol: the same for every method"""
 
     name, stored_name = "uniform", "ddbench-eval"
+    published = False
 
 
 class DC(ProtocolSpec):

@@ -69,18 +69,24 @@ def cli():
 
 
 
+def one_line(text: str) -> str:
+    """An error as the one line the convention promises, whatever user text it quotes (a
+    file's key with a newline in it): line breaks shown as ``\\n``."""
+    return text.strip().replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv=None) -> None:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         cli.main(args=argv, prog_name="ddbench", standalone_mode=False, obj={"argv": argv})
     except DDBenchError as exc:
-        click.echo(f"ddbench: error: {exc}", err=True)
+        click.echo(f"ddbench: error: {one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("ddbench: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"ddbench: error: {exc.format_message()}", err=True)
+        click.echo(f"ddbench: error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("\nddbench: interrupted; finished cells are stored, run again to resume", err=True)

@@ -31,9 +31,11 @@ def _analysis(store: Store, filters: results.Filters, late: results.LateParams, 
 
 
 def _open_store(path: str) -> Store:
-    if not Path(path).is_file():
-        raise DDBenchError(f"store {path!r} does not exist; run `ddbench run` first or pass --store")
-    return Store(Path(path))
+    """The store read-only: reading changes nothing, and read-only stores can be read
+    (anything but a ddbench store is refused with one line, untouched)."""
+    if not path.strip():
+        raise DDBenchError("--store is empty; give the path of a ddbench result store")
+    return Store(Path(path), readonly=True)
 
 
 def _selection(func):
@@ -54,6 +56,8 @@ def _selection(func):
 def _filters(run_id, datasets, methods, ipc, models, conditions) -> results.Filters:
     def split(v, what):
         return split_list(v, what) if v else None
+    if run_id is not None and not run_id.strip():  # no run filter is no --run, not --run ""
+        raise DDBenchError("--run is empty; give a run id or a unique prefix of one")
     return results.Filters(run=run_id, datasets=split(datasets, "--datasets"), methods=split(methods, "--methods"),
                            ipcs=split(ipc, "--ipc"), models=split(models, "--models"),
                            conditions=split(conditions, "--conditions"))

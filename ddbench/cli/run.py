@@ -29,7 +29,7 @@ from ddbench.data.conditions import dataset_label
 from ddbench.errors import DDBenchError
 from ddbench.plan import RunOptions, config, parse_int_list, prepare, split_list
 from ddbench.runner import RunSummary, build_experts, enable_trackers, run
-from ddbench.storage.store import Store
+from ddbench.storage.store import stored_cells
 
 
 @cli.command("run")
@@ -161,7 +161,7 @@ def option_specs(ctx: click.Context) -> dict[str, config.OptionSpec]:
                 raise ValueError(exc.message) from None
         return convert
 
-    return {p.name: config.OptionSpec(p.is_flag, converter(p))
+    return {p.name: config.OptionSpec(p.is_flag, converter(p), takes_list=p.name in (*LISTS, "track"))
             for p in ctx.command.params if isinstance(p, click.Option)}
 
 
@@ -183,11 +183,7 @@ def _dry_run(options: RunOptions, registry) -> None:
         click.echo(f"ddbench: warning: {w}", err=True)
     for n in prepared.notes:
         click.echo(f"ddbench: {n}", err=True)
-    done: set[str] = set()
-    if Path(options.store).exists():
-        st = Store(Path(options.store))
-        done = st.done_cells(c.key for j in prepared.jobs for c in j.cells)
-        st.close()
+    done = stored_cells(Path(options.store), (c.key for j in prepared.jobs for c in j.cells))  # read-only
     rows = []
     status = {buf.key: buf.status() for _, buf in prepared.buffers()}
     for job in prepared.jobs:

@@ -1,16 +1,19 @@
 """Distilled sets released as files by other authors, brought into a ``SyntheticSet``.
 
-Published sets (MTT, DATM, image folders, ...) come in many layouts and in pixel or
-normalised space; evaluating them under ddbench's protocol needs them in the dataset's
-normalised space with checked labels. ``read_external`` reads what the file holds;
-``fit_to_dataset`` checks it against a dataset and converts it. A released file is
-untrusted input, so nothing is unpickled beyond tensors, dicts, lists and numbers.
+Published sets (MTT, DATM, the reference DC/DSA/DM code, image folders, ...) come in many
+layouts and spaces; evaluating them under ddbench's protocol needs them in the bundle's space
+with checked labels. ``read_external`` reads what the file holds (``.pt`` files through
+``ddbench.data.pickled``: nothing is unpickled beyond tensors, numpy numbers and containers);
+``fit_to_dataset`` checks it against a dataset and converts it.
+
+The images' space (pixel, normalised, ZCA-whitened) is decided and converted by the rules of
+``ddbench.data.spaces``.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,8 @@ import numpy as np
 import torch
 
 from ddbench.data.bundle import DataBundle
+from ddbench.data.pickled import read_pt, torch_load, unreadable
+from ddbench.data.spaces import SPACES, to_space
 from ddbench.errors import DDBenchError
 from ddbench.synthetic import SyntheticSet, check_soft_labels
 
@@ -26,11 +31,10 @@ LABEL_KEYS = ("labels", "y", "label", "targets")
 SOFT_KEYS = ("soft_labels",)
 LR_KEYS = ("lr", "syn_lr")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-SPACES = ("auto", "pixel", "normalized")
-FORMATS = (".safetensors, .pt/.pth, .npz, a folder with images*.pt and labels*.pt (MTT/DATM), "
-           "or a folder of class folders of .png/.jpg images")
-#: values this far outside [0, 1] are not pixels (the rounding of saved float images)
-PIXEL_TOLERANCE = 1e-4
+FORMATS = (".safetensors, .pt/.pth (also the reference code's res_*.pt), .npz, a folder with images*.pt "
+           "and labels*.pt (MTT/DATM), or a folder of class folders of .png/.jpg images")
+#: hard labels: integer dtypes
+INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass
@@ -47,8 +51,11 @@ class ExternalSet:
     #: image folders: the class folder name of each label index (mapped to classes by fit)
     class_names: list[str] | None = None
     path: Path | None = None
-    #: the space a .safetensors file declares in its metadata (``ddbench export`` writes it)
+    #: the space the file gives itself, and what gives it (metadata, layout, file name)
     declared_space: str | None = None
+    declared_by: str | None = None
+    #: why the set is for ZCA-whitened evaluation (metadata, file name): it needs the zca condition
+    zca_run: str | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -59,28 +66,32 @@ def read_external(path: Path) -> ExternalSet:
     path = Path(path)
     if path.is_dir():
         if any(path.glob("images*.pt")):
-            return _from_entries(_read_pt_folder(path), path, "pt-folder")
+            entries, images_file = _read_pt_folder(path)
+            ext = _from_entries(entries, path, "pt-folder")
+            if images_file.startswith("images_zca_"):
+                ext.declared_space, ext.declared_by = "pixel", f"MTT's ZCA inverse, {images_file}"
+                ext.zca_run = f"{images_file} is MTT's ZCA inverse of a set distilled for whitened data"
+            return ext
         return _read_image_folder(path)
     fmt = {".safetensors": "safetensors", ".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(path.suffix.lower())
+    if path.is_file() and fmt == "pt":
+        entries, layout = read_pt(path)
+        ext = _from_entries(entries, path, "pt")
+        if layout is not None:
+            ext.declared_space, ext.declared_by = "normalized", layout
+        return ext
     if path.is_file() and fmt:
-        reader = {"safetensors": _load_safetensors, "pt": _load_pt, "npz": _load_npz}[fmt]
-        ext = _from_entries(reader(path), path, fmt)
+        ext = _from_entries((_load_safetensors if fmt == "safetensors" else _load_npz)(path), path, fmt)
         if fmt == "safetensors":
-            ext.declared_space = _declared_space(path)
+            _read_metadata(path, ext)
         return ext
     what = "unknown file type" if path.exists() else "no such file or folder"
     raise DDBenchError(f"{path}: {what}; accepted: {FORMATS}")
 
 
-def _unreadable(path: Path, exc: Exception) -> DDBenchError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return DDBenchError(f"{path}: cannot be read ({first})")
-
-
 def _refused(path: Path) -> DDBenchError:
-    return DDBenchError(f"{path}: refused: the file needs unpickling of arbitrary objects (only tensors, "
-                        "dicts, lists and numbers are read); re-save it with torch.save of plain tensors "
-                        "or as .safetensors")
+    return DDBenchError(f"{path}: refused: the file needs unpickling of arbitrary objects (numpy object "
+                        "arrays); re-save it with plain arrays, or as .safetensors")
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -90,39 +101,27 @@ def _load_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise _unreadable(path, exc) from None
+        raise unreadable(path, exc) from None
 
 
-def _declared_space(path: Path) -> str | None:
-    """The metadata's ``space``: a file that says what it holds needs no guessing."""
+def _read_metadata(path: Path, ext: ExternalSet) -> None:
+    """The metadata's ``space`` and ``conditions``: a file that says what it holds needs no guessing."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        space = (f.metadata() or {}).get("space")
+        meta = f.metadata() or {}
+    space = meta.get("space")
     if space is not None and space not in SPACES[1:]:
         raise DDBenchError(f"{path}: metadata space {space!r}; valid: {', '.join(SPACES[1:])}")
-    return space
-
-
-def _torch_load(path: Path):
-    """``torch.load`` restricted to plain data: a pickled object is refused, never built."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names the global it refused; other unpickling errors are damaged files
-        raise (_refused(path) if "global" in str(exc) else _unreadable(path, exc)) from None
-    except Exception as exc:  # any failure to parse an untrusted file is "unreadable"
-        raise _unreadable(path, exc) from None
-
-
-def _load_pt(path: Path) -> dict:
-    obj = _torch_load(path)
-    if isinstance(obj, dict):
-        return obj
-    if isinstance(obj, (tuple, list)) and len(obj) in (2, 3):
-        return dict(zip(("images", "labels", "lr"), obj, strict=False))
-    raise DDBenchError(f"{path}: holds a {type(obj).__name__}; expected a dict with images and labels "
-                       "or a tuple (images, labels) or (images, labels, lr)")
+    by = "declared in the file"
+    if "zca" in re.split(r"[\s,]+", meta.get("conditions", "")):
+        # a set of a zca run is in that run's space, whitened, unless it says pixel
+        space, by = ("pixel" if space == "pixel" else "zca"), "declared in the file: conditions zca"
+        ext.zca_run = "its metadata names the zca condition"
+    elif space == "zca":
+        ext.zca_run = "its metadata says space zca"
+    if space is not None:
+        ext.declared_space, ext.declared_by = space, by
 
 
 def _load_npz(path: Path) -> dict:
@@ -130,21 +129,22 @@ def _load_npz(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as exc:  # object arrays need pickle; otherwise not a zip, truncated, ...
-        raise (_refused(path) if "allow_pickle" in str(exc) else _unreadable(path, exc)) from None
+        raise (_refused(path) if "allow_pickle" in str(exc) else unreadable(path, exc)) from None
 
 
-def _read_pt_folder(path: Path) -> dict:
-    """MTT/DATM's release layout: images*.pt, labels*.pt and optional lr*.pt, one tensor each."""
-    entries = {}
+def _read_pt_folder(path: Path) -> tuple[dict, str]:
+    """MTT/DATM's release layout: images*.pt, labels*.pt and optional lr*.pt, one tensor each;
+    also returns the images file's name (MTT's images_zca_* says what the images are)."""
+    entries, names = {}, {}
     for key, pattern in (("images", "images*.pt"), ("labels", "labels*.pt"), ("lr", "lr*.pt")):
         found = sorted(path.glob(pattern))
         if len(found) > 1:
             raise DDBenchError(f"{path}: several files match {pattern}: {', '.join(p.name for p in found)}; keep one")
         if found:
-            entries[key] = _torch_load(found[0])
+            entries[key], names[key] = torch_load(found[0]), found[0].name
         elif key != "lr":
             raise DDBenchError(f"{path}: no {pattern} next to the images (expected images*.pt and labels*.pt)")
-    return entries
+    return entries, names["images"]
 
 
 def _read_image_folder(path: Path) -> ExternalSet:
@@ -177,7 +177,7 @@ def _read_image(f: Path) -> torch.Tensor:
         with Image.open(f) as im:
             arr = np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
     except (UnidentifiedImageError, OSError) as exc:
-        raise _unreadable(f, exc) from None
+        raise unreadable(f, exc) from None
     t = torch.from_numpy(arr.copy()).float() / 255
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
@@ -190,13 +190,24 @@ def _pick(entries: dict, keys: tuple[str, ...], path: Path):
 
 
 def _tensor(value, name: str, path: Path) -> torch.Tensor:
+    """A dense CPU tensor of ``value`` (a tensor, numpy array or numpy scalar), or a one-line error."""
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
     if isinstance(value, np.ndarray):
+        if not value.dtype.isnative:  # a big-endian file: torch reads native byte order only
+            value = value.astype(value.dtype.newbyteorder("="))
         try:
             value = torch.from_numpy(np.ascontiguousarray(value))
         except TypeError:
             raise DDBenchError(f"{path}: {name} has dtype {value.dtype}; expected numbers") from None
     if not isinstance(value, torch.Tensor):
         raise DDBenchError(f"{path}: {name} is a {type(value).__name__}; expected a tensor or array")
+    if value.layout != torch.strided:
+        raise DDBenchError(f"{path}: {name} is a {value.layout} tensor; expected a dense one (save it with .to_dense())")
+    odd = "a meta tensor (no values)" if value.is_meta else "quantized" if value.is_quantized else \
+        "a nested tensor" if value.is_nested else None
+    if odd:
+        raise DDBenchError(f"{path}: {name} is {odd}; expected a dense tensor of numbers")
     return value.detach()
 
 
@@ -221,11 +232,14 @@ def _from_entries(entries: dict, path: Path, fmt: str) -> ExternalSet:
         labels = _tensor(raw_labels, "labels", path)
         if labels.dim() == 2 and labels.is_floating_point():
             labels, soft = None, labels
-        elif labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        elif labels.dim() != 1 or labels.dtype not in INTEGERS:
             raise DDBenchError(f"{path}: labels have dtype {labels.dtype} and shape {tuple(labels.shape)}; "
                                "expected 1-D integers or 2-D float (N, classes) soft labels")
         else:
             labels = labels.long()
+            if len(labels) and int(labels.min()) < 0:
+                raise DDBenchError(f"{path}: labels range {int(labels.min())}..{int(labels.max())}; "
+                                   "class indices start at 0")
     raw_soft = _pick(entries, SOFT_KEYS, path)
     if raw_soft is not None:
         if soft is not None:
@@ -239,9 +253,9 @@ def _from_entries(entries: dict, path: Path, fmt: str) -> ExternalSet:
     soft = None if soft is None else soft.float()
     lr = _pick(entries, LR_KEYS, path)
     if lr is not None:
-        lr = _tensor(lr, "lr", path) if not isinstance(lr, (int, float)) else torch.tensor(float(lr))
-        if lr.numel() != 1:
-            raise DDBenchError(f"{path}: lr has shape {tuple(lr.shape)}; expected one number")
+        lr = _tensor(torch.tensor(float(lr)) if type(lr) in (int, float) else lr, "lr", path)
+        if lr.numel() != 1 or lr.dtype == torch.bool or lr.is_complex():
+            raise DDBenchError(f"{path}: lr has dtype {lr.dtype} and shape {tuple(lr.shape)}; expected one number")
         lr = float(lr.reshape(()))
     kind = None if soft is None else _soft_kind(soft)
     return ExternalSet(images, labels, soft, kind, lr, pixel_hint, fmt, path=path)
@@ -296,7 +310,7 @@ def fit_to_dataset(ext: ExternalSet, data: DataBundle, space: str, who: str) -> 
         raise bad(f"labels range {lo}..{hi}, outside [0, {data.num_classes})")
     if ext.lr is not None and not (math.isfinite(ext.lr) and ext.lr > 0):
         raise bad(f"lr {ext.lr} is not a positive number")
-    x, used = _to_space(x, ext, data, space, bad)
+    x, used = to_space(x, ext, data, space, bad)
     # copies: callers cache the ExternalSet, and a set's tensors may be changed in place
     soft = None if ext.soft is None else ext.soft.clone()
     syn = SyntheticSet(x.float().contiguous(), labels.clone(), lr=ext.lr, soft_labels=soft,
@@ -331,31 +345,3 @@ def _folder_classes(names: list[str], data: DataBundle, bad) -> torch.Tensor:
     unknown = [n for n in names if n.lower() not in by_name]
     raise bad(f"class folders {', '.join(unknown)} are not classes of the dataset; expected folder "
               f"names among {', '.join(data.classes)} or integers 0..{data.num_classes - 1}")
-
-
-def _to_space(x: torch.Tensor, ext: ExternalSet, data: DataBundle, space: str, bad):
-    """Images in the bundle's space: pixels normalised (or whitened), normalised ones as is."""
-    lo, hi = float(x.min()), float(x.max())
-    used = space
-    if space == "auto" and ext.declared_space:
-        space, used = ext.declared_space, f"{ext.declared_space} (declared in the file)"
-    elif space == "auto":
-        if ext.pixel_hint:
-            space, used = "pixel", f"pixel ({'image folder' if ext.format == 'folder' else 'uint8 images'})"
-        elif lo >= 0 and hi <= 1:
-            space, used = "pixel", "pixel (auto: every value in [0, 1])"
-        else:
-            space, used = "normalized", "normalized (auto: values outside [0, 1])"
-    if space == "normalized":
-        if ext.pixel_hint:
-            raise bad("the file holds pixels (image folder or uint8 images); space 'normalized' "
-                      "does not apply, use auto or pixel")
-        return x.clone(), used
-    if lo < -PIXEL_TOLERANCE or hi > 1 + PIXEL_TOLERANCE:
-        raise bad(f"space 'pixel' needs values in [0, 1], found [{lo:.4g}, {hi:.4g}]")
-    x = x.clamp(0, 1)
-    if data.zca is not None:
-        return data.zca(x), used
-    mean = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - mean) / std, used

@@ -6,7 +6,9 @@ a fresh optimizer, as the reference re-creates it) after pass ``epochs // 2 + 1`
 per-sample DSA augmentation (or DC's augmentation, ``dc_aug``), test accuracy once at the
 end. A learned lr carried by the synthetic set (MTT) replaces ``lr``. The protocol is
 named (a registered ``ProtocolSpec``: ddbench's uniform one or a paper's own), versioned and
-hashed; results of different protocols are never pooled.
+hashed; results of different protocols are never pooled. A paper's protocol run with other
+values than its published ones (``deviations``) is labelled with a star, ``dsa-eval/v1*``,
+and is never compared with the paper's numbers.
 
 ``ddbench.evaluation.batched.evaluate_many`` trains the ``num_eval`` networks of one cell group
 together (``eval.batched``); this module holds the protocol and the one-network path.
@@ -107,21 +109,38 @@ def augments(stored: dict) -> bool:
 PRESETS = {"paper": {"protocol": "method"}, "small": {"epochs": 100, "num_eval": 2}}
 
 
+def make_label(name: str, version: int, mode: str = "hard", star: bool = False) -> str:
+    """``name/vN``; ``*`` when a paper's protocol departs from its published values; then
+    ``+soft``/``+teacher`` when not trained on hard labels: tables keep all three apart."""
+    return f"{name}/v{version}" + ("*" if star else "") + ("" if mode == "hard" else f"+{mode}")
+
+
+def unstarred(stored_label: str) -> str:
+    """A stored label without its star: ``dsa-eval/v1*+soft`` -> ``dsa-eval/v1+soft``."""
+    return stored_label.replace("*", "")
+
+
+def starred(stored_label: str) -> str:
+    """The starred form of a stored label (idempotent): the star goes before the label mode."""
+    head, sep, mode = unstarred(stored_label).partition("+")
+    return f"{head}*{sep}{mode}"
+
+
 @dataclass(frozen=True)
 class Protocol:
-    """A concrete protocol: its stored name and version (its ``ProtocolSpec``) and parameters."""
+    """A concrete protocol: its stored name and version (its ``ProtocolSpec``) and parameters.
+    ``deviations``: "k=v" for each value that departs from a paper's published protocol (see
+    ``deviations``); it stars the label and stays out of ``as_dict`` and ``hash``, so keys do not move."""
 
     params: ProtocolParams
     preset: str
     name: str = NAME
     version: int = VERSION
+    deviations: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
-        """``name/vN``, and ``+soft``/``+teacher`` when not trained on hard labels: tables
-        keep label modes apart, as they do protocols."""
-        mode = self.params.labels
-        return f"{self.name}/v{self.version}" + ("" if mode == "hard" else f"+{mode}")
+        return make_label(self.name, self.version, self.params.labels, bool(self.deviations))
 
     def as_dict(self) -> dict:
         hard = self.params.labels == "hard"
@@ -133,6 +152,41 @@ class Protocol:
     def hash(self) -> str:
         recipe = {k: v for k, v in self.as_dict().items() if k not in NOT_RECIPE}
         return digest(recipe, 16)
+
+
+def from_stored(stored: dict) -> ProtocolParams:
+    """The parameters behind a stored ``as_dict`` (those left out at their neutral values come
+    back as the defaults); keys this version does not know are ignored."""
+    known = {f.name for f in dataclasses.fields(ProtocolParams)}
+    return ProtocolParams(**{k: v for k, v in stored.items() if k in known})
+
+
+#: what never makes results of a paper's protocol incomparable with its numbers: which protocol
+#: (its name says it), scheduling, and the label mode (the label says it: ``+soft``)
+_NOT_DEVIATIONS = ("protocol", "batched", *LABEL_PARAMS)
+
+
+def canonical(spec, dataset: str, model: str, model_params: dict) -> ProtocolParams:
+    """A paper's protocol as published, for one dataset and evaluation model: the defaults,
+    its values and its rules, nothing from a preset or ``--set``."""
+    return specialise(ProtocolParams(), spec, set(), dataset, model, model_params)
+
+
+def deviations(spec, params: ProtocolParams, dataset: str, model: str,
+               model_params: dict) -> dict[str, tuple]:
+    """field -> (published value, value in ``params``) where ``params`` depart from ``spec``'s
+    published protocol for this cell, ``num_eval`` included (a paper's std is over its count of
+    networks); empty for a protocol without published values (``uniform``)."""
+    if not spec.published:
+        return {}
+    want = canonical(spec, dataset, model, model_params)
+    return {f.name: (getattr(want, f.name), getattr(params, f.name)) for f in dataclasses.fields(ProtocolParams)
+            if f.name not in _NOT_DEVIATIONS and getattr(want, f.name) != getattr(params, f.name)}
+
+
+def overrides(devs: dict[str, tuple]) -> tuple[str, ...]:
+    """``deviations`` as "k=v" strings, the form ``Protocol.deviations`` holds."""
+    return tuple(f"{k}={actual}" for k, (_, actual) in devs.items())
 
 
 def evaluate(

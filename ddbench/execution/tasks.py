@@ -85,7 +85,10 @@ def run_task(task: Task) -> Iterator[SynsetEvent | ResultEvent]:
             report(step, total)
 
         policy = task.checkpoint
-        ckpt = None if policy is None else Checkpointer(policy.path(job.key), job.key, policy.every, policy.minutes)
+        # a checkpoint's step must lie within the budget, where the distiller names one ``iterations``
+        budget = getattr(getattr(distiller, "params", None), "iterations", None)
+        ckpt = None if policy is None else Checkpointer(policy.path(job.key), job.key, policy.every, policy.minutes,
+                                                        budget if type(budget) is int else None)
         ctx = DistillContext(
             data=data, ipc=job.ipc or 0, seed=job.rng_seed, device=device, objectives=objectives,
             build_model=build_model, progress=progress, experts=task.experts, component=component,

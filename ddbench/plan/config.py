@@ -47,20 +47,37 @@ class OptionSpec:
 
     is_flag: bool
     convert: Callable[[str], Any]
+    #: a comma-list option (``methods``), which a file may give as a YAML/TOML list
+    takes_list: bool = False
+
+
+#: a sweep file is a page of options, not data: larger or deeper is a mistake or an attack
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 8
 
 
 def read(path: Path) -> dict:
     """The file's mapping (YAML or TOML by suffix); one-line errors for unreadable files."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise DDBenchError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise DDBenchError(f"config {path}: larger than {MAX_BYTES >> 20} MiB; a sweep file is a page of options")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DDBenchError(f"config {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                           f"{exc.start})") from None
     suffix = path.suffix.lower()
     if suffix == ".toml":
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise DDBenchError(f"config {path}: not valid TOML: {_one_line(exc)}") from None
+        except RecursionError:
+            raise DDBenchError(f"config {path}: nested deeper than {MAX_DEPTH} levels") from None
     elif suffix in (".yaml", ".yml"):
         import yaml
 
@@ -68,6 +85,8 @@ def read(path: Path) -> dict:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise DDBenchError(f"config {path}: not valid YAML: {_one_line(exc)}") from None
+        except RecursionError:
+            raise DDBenchError(f"config {path}: nested deeper than {MAX_DEPTH} levels") from None
     else:
         raise DDBenchError(f"config {str(path)!r}: unknown format {suffix or '(no suffix)'!r}; "
                            "valid: .yaml, .yml, .toml")
@@ -75,7 +94,26 @@ def read(path: Path) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise DDBenchError(f"config {path}: expected a mapping of options at the top, got {type(data).__name__}")
+    _check_tree(data, path, [], 1)
     return data
+
+
+def _check_tree(node, path: Path, keys: list[str], depth: int) -> None:
+    """Mapping keys are text, nothing nests deeper than ``MAX_DEPTH``, no list holds a null
+    (an option's null means its default, as ``--print-config`` writes it)."""
+    where = ".".join(k if k.isprintable() and k.strip() == k and k else repr(k) for k in keys) or "(top)"
+    if depth > MAX_DEPTH:
+        raise DDBenchError(f"config {path}: {where}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise DDBenchError(f"config {path}: {where}: key {key!r} is not text; quote it")
+            _check_tree(value, path, [*keys, key], depth + 1)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if value is None:
+                raise DDBenchError(f"config {path}: {where}[{i}]: null is not a value in a list")
+            _check_tree(value, path, [*keys, f"[{i}]"], depth + 1)
 
 
 def _one_line(exc: Exception) -> str:
@@ -130,7 +168,8 @@ def to_defaults(cfg: dict, path: Path, options: dict[str, OptionSpec],
         if name not in options:
             valid = sorted([*(n.replace("_", "-") for n in options), *STRUCTURE[:2]])
             raise DDBenchError(f"config {path}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-        defaults[name] = _option_value(options[name], value, f"{path}: {key}")
+        if value is not None:  # null: the option's default (what --print-config writes for one)
+            defaults[name] = _option_value(options[name], value, f"{path}: {key}")
     sets = _set_items(cfg.get("set"), cfg.get("params"), path, registry)
     return defaults, sets
 
@@ -144,13 +183,13 @@ def _scalar_text(value, where: str) -> str:
 
 
 def _option_value(opt: OptionSpec, value, where: str):
-    if value is None:
-        return None
     if opt.is_flag:
         if not isinstance(value, bool):
             raise DDBenchError(f"config {where}: expected true or false, got {value!r}")
         return value
     if isinstance(value, list):
+        if not opt.takes_list:
+            raise DDBenchError(f"config {where}: expected one value, got a list")
         if not value:
             raise DDBenchError(f"config {where}: the list is empty")
         text = ",".join(_scalar_text(v, where) for v in value)

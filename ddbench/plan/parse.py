@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ddbench import params as P
 from ddbench.errors import DDBenchError
 from ddbench.registry import Entry, Registry
 
@@ -90,8 +91,9 @@ def parse_int_list(text: str, what: str, minimum: int) -> list[int]:
     except ValueError:
         raise DDBenchError(f"invalid {what} {text!r}: expected integers, e.g. 1,10") from None
     for v in values:
-        if v < minimum:
-            raise DDBenchError(f"invalid {what} {v}: must be >= {minimum}")
+        if not minimum <= v <= P.INT64[1]:
+            raise DDBenchError(f"invalid {what} {v}: must be >= {minimum} and fit a 64-bit integer "
+                               f"(<= {P.INT64[1]})")
     return list(dict.fromkeys(values))
 
 

@@ -154,15 +154,21 @@ def _check_teachers(jobs: list[Job], registry: Registry) -> None:
         registry.get("models", teacher)
 
 
-def _check_files(prepared: Prepared, ipcs: list[int]) -> None:
+def _check_files(prepared: Prepared, ipcs: list[int], eval_lr: list[str] | None) -> None:
     """Sets given as files (``file:PATH``) must fit their dataset (shape, channels, classes,
-    finite values): read and checked now, so a bad file is an error before anything is written."""
+    finite values): read and checked now, so a bad file is an error before anything is written.
+    A set's learned lr replaces the protocol's, so an explicit ``--set eval.lr`` (``eval_lr``)
+    beside one would be ignored: an error naming both, never a silent choice."""
     seen = set()
     for job in prepared.jobs:
         if job.method.arg is None or (job.key, job.dataset_label) in seen:
             continue
         seen.add((job.key, job.dataset_label))
         synset, space = job.base.instance().load(prepared.bundle(job), job.label)
+        if synset.lr is not None and eval_lr:
+            raise DDBenchError(f"{job.label}: the set's learned lr {synset.lr:g} replaces eval.lr, so --set "
+                               f"eval.lr={','.join(eval_lr)} would be ignored; drop it, or evaluate a copy of "
+                               "the set without its lr")
         soft = "" if synset.soft_labels is None else f", soft labels ({synset.soft_kind})"
         lr = "" if synset.lr is None else f", lr {synset.lr:g}"
         prepared.notes.append(f"{job.label} on {job.dataset_label}: sha256 {job.base.params.sha256[:12]}, "
@@ -254,11 +260,22 @@ def prepare(options: RunOptions, registry: Registry) -> Prepared:
     _check_models(prepared)
     _expert_buffers(prepared, root.absolute())  # workers may run elsewhere than this cwd
     _teachers(prepared, resolver, root.absolute())
-    _check_files(prepared, options.ipcs)
+    _check_files(prepared, options.ipcs, sets.get(("eval", "lr")))
+    _learned_lr(prepared, sets.get(("eval", "lr")))
     for job, t in prepared.distinct_teachers():
         prepared.notes.append(f"teacher {t.label} for {job.dataset_label}: "
                               f"{'present' if t.present() else 'to train'} ({t.path})")
     return prepared
+
+
+def _learned_lr(prepared: Prepared, eval_lr: list[str] | None) -> None:
+    """A method whose sets learn their evaluation lr (MTT) is evaluated with it, whatever
+    ``eval.lr`` says: the precedence is the reference's, and said here, never silent."""
+    if not eval_lr:
+        return
+    for name in sorted({j.base.name for j in prepared.jobs if j.base.entry.cls.learns_lr}):
+        prepared.warnings.append(f"{name}'s sets carry a learned lr, which replaces --set eval.lr="
+                                 f"{','.join(eval_lr)} when they are evaluated (as in the reference)")
 
 
 def _executor(options: RunOptions, resolver: Resolver) -> Resolved:

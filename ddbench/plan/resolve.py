@@ -76,7 +76,8 @@ class Resolved:
 @dataclass(frozen=True)
 class ProtocolChoice:
     """One variant of ``--set eval.*``: made concrete per method, dataset and model by
-    ``for_cell`` (the registered ``ProtocolSpec``: which named protocol, and its rules)."""
+    ``for_cell`` (the registered ``ProtocolSpec``: which named protocol, and its rules; starred
+    where a preset or ``--set`` moved a paper's protocol off its published values)."""
 
     params: proto.ProtocolParams
     swept: tuple
@@ -90,7 +91,8 @@ class ProtocolChoice:
         params = proto.specialise(self.params, chosen, set(self.explicit), dataset, model.name,
                                   model.params_dict())
         P.validate(params, proto.NAMESPACE)
-        return proto.Protocol(params, self.preset, chosen.stored_name, chosen.version)
+        devs = proto.deviations(chosen, params, dataset, model.name, model.params_dict())
+        return proto.Protocol(params, self.preset, chosen.stored_name, chosen.version, proto.overrides(devs))
 
 
 class Resolver:

@@ -12,6 +12,12 @@ body, plain data as JSON in its metadata. Reading it never unpickles anything: a
 that is not such a checkpoint (a ``torch.save`` pickle put in its place) is refused.
 Writes go to a temporary file in the same folder, are fsynced, then renamed over the
 old checkpoint: a crash leaves the previous checkpoint or the new one, never a mix.
+
+A checkpoint knows what it belongs to: its job's key, a step within the iteration budget,
+and a state that fits the one the distiller built (``check_fits``: every tensor's shape
+and dtype, optimiser and generator states, plain values' types). One that does not is set
+aside (``Checkpointer.set_aside``) and the distillation starts over: a damaged or foreign
+file never continues into a set stored as ok.
 """
 
 from __future__ import annotations
@@ -113,6 +119,106 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     raise DDBenchError(f"checkpoint: unknown entry {tag!r}")
 
 
+# --------------------------------------------------------------------------- fitting
+
+
+def check_fits(live: Any, saved: Any, where: str) -> None:
+    """``DDBenchError`` (one line naming the entry) unless ``saved`` (from ``unpack``) can
+    be loaded into ``live``, the state as freshly built: tensors of the same shape and dtype
+    (``copy_`` would broadcast a wrong one silently), optimiser states over the same
+    parameters, generator states of the generator's size, modules' state dicts, the same
+    dict keys, and plain values of the same type. A live None (not known yet) takes any
+    value; a list may change length (a queue), its elements then fit its first one."""
+    if live is None:
+        return
+    if isinstance(live, torch.Tensor):
+        _fits_tensor(tuple(live.shape), live.dtype, saved, where)
+    elif isinstance(live, torch.Generator):
+        _fits_tensor(tuple(live.get_state().shape), torch.uint8, saved, f"{where} (generator state)")
+    elif isinstance(live, torch.nn.Module):
+        check_fits(live.state_dict(), saved, where)
+    elif isinstance(live, torch.optim.Optimizer):
+        _fits_optimizer(live, saved, where)
+    elif isinstance(live, dict):
+        if not isinstance(saved, dict) or set(saved) != set(live):
+            held = sorted(map(str, saved)) if isinstance(saved, dict) else _kind(saved)
+            raise DDBenchError(f"{where} holds {held}, expected {sorted(map(str, live))}")
+        for key, value in live.items():
+            check_fits(value, saved[key], f"{where}[{key!r}]")
+    elif isinstance(live, tuple):
+        if not isinstance(saved, tuple) or len(saved) != len(live):
+            raise DDBenchError(f"{where} is {_kind(saved)}, expected a tuple of {len(live)}")
+        for i, (a, b) in enumerate(zip(live, saved, strict=True)):
+            check_fits(a, b, f"{where}[{i}]")
+    elif isinstance(live, list):
+        if not isinstance(saved, list):
+            raise DDBenchError(f"{where} is {_kind(saved)}, expected a list")
+        for i, value in enumerate(saved):
+            ref = live[i] if len(live) == len(saved) else live[0] if live else None
+            check_fits(ref, value, f"{where}[{i}]")
+    elif not _same_type(live, saved):
+        raise DDBenchError(f"{where} is {_kind(saved)}, expected {type(live).__name__}")
+
+
+def _same_type(live: Any, saved: Any) -> bool:
+    if isinstance(live, bool) or isinstance(saved, bool):
+        return type(live) is type(saved)
+    if isinstance(live, float):  # JSON keeps 1.0 a float; an int is as good
+        return isinstance(saved, (int, float))
+    return type(saved) is type(live)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _fits_tensor(shape: tuple, dtype: torch.dtype, saved: Any, where: str) -> None:
+    if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != shape or saved.dtype != dtype:
+        want = f"a {str(dtype).removeprefix('torch.')} tensor of shape {shape}"
+        raise DDBenchError(f"{where} is {_kind(saved)}, expected {want}")
+
+
+def _fits_optimizer(opt: torch.optim.Optimizer, saved: Any, where: str) -> None:
+    """The same parameter groups (hyperparameters of the same types); per-parameter state
+    (momentum, Adam's moments) of its parameter's shape and dtype, or a scalar (a step)."""
+    ref = opt.state_dict()
+    if not isinstance(saved, dict) or set(saved) != set(ref):
+        held = sorted(map(str, saved)) if isinstance(saved, dict) else _kind(saved)
+        raise DDBenchError(f"{where} holds {held}, expected an optimizer state {sorted(ref)}")
+    groups = saved["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(ref["param_groups"]):
+        raise DDBenchError(f"{where}['param_groups'] is {_kind(groups)}"
+                           f"{f' of {len(groups)}' if isinstance(groups, list) else ''}, "
+                           f"expected a list of {len(ref['param_groups'])}")
+    for i, (group, held) in enumerate(zip(ref["param_groups"], groups, strict=True)):
+        check_fits(group, held, f"{where}['param_groups'][{i}]")
+        if held["params"] != group["params"]:
+            raise DDBenchError(f"{where}['param_groups'][{i}] holds parameters {held['params']}, "
+                               f"expected {group['params']}")
+    params = [q for group in opt.param_groups for q in group["params"]]
+    state = saved["state"]
+    if not isinstance(state, dict):
+        raise DDBenchError(f"{where}['state'] is {_kind(state)}, expected a dict")
+    for pid, entry in state.items():
+        at = f"{where}['state'][{pid!r}]"
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < len(params):
+            raise DDBenchError(f"{at}: no such parameter (the optimizer has {len(params)})")
+        if pid in ref["state"]:
+            check_fits(ref["state"][pid], entry, at)
+            continue
+        if not isinstance(entry, dict):
+            raise DDBenchError(f"{at} is {_kind(entry)}, expected a dict")
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                continue  # a counter (Adam's step)
+            if isinstance(value, torch.Tensor):
+                _fits_tensor(tuple(params[pid].shape), params[pid].dtype, value, f"{at}[{name!r}]")
+            elif value is not None and not isinstance(value, (bool, int, float, str)):
+                raise DDBenchError(f"{at}[{name!r}] is {_kind(value)}, expected a tensor or a number")
+
+
 def restore(live: dict[str, Any], saved: dict[str, Any], who: str) -> None:
     """Load ``saved`` (from ``unpack``) into the live objects of ``live`` in place: tensors
     are copied into, optimisers, modules and generators load their state; any other entry
@@ -173,7 +279,7 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
     except Exception as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DDBenchError(f"{path} is not a ddbench checkpoint ({why}); delete it to start over") from None
+        raise DDBenchError(f"{path} is not a ddbench checkpoint ({why})") from None
     return tensors, meta
 
 
@@ -196,10 +302,13 @@ class Checkpointer:
     """One distillation's checkpoint file: when it is due, saving, loading.
 
     It also keeps the distillation's clock: a checkpoint records the wall and CPU seconds
-    spent up to it, and a resumed run adds them to its own (``prior``)."""
+    spent up to it, and a resumed run adds them to its own (``prior``). ``iterations`` is
+    the distillation's budget, when known: a checkpoint's step must lie within it."""
 
-    def __init__(self, path: Path, key: str, every: int = 0, minutes: float = DEFAULT_MINUTES):
+    def __init__(self, path: Path, key: str, every: int = 0, minutes: float = DEFAULT_MINUTES,
+                 iterations: int | None = None):
         self.path, self.key, self.every, self.minutes = Path(path), key, every, minutes
+        self.iterations = iterations
         self._start, self._cpu_start = time.perf_counter(), time.process_time()
         self._last_step, self._last_time = 0, self._start
         #: (wall, cpu) seconds of the earlier runs up to the checkpoint resumed from
@@ -223,20 +332,47 @@ class Checkpointer:
                                    "seconds": json.dumps([wall, cpu]), "state": text})
         self._last_step, self._last_time = step, time.perf_counter()
 
-    def load(self) -> Saved | None:
-        """The saved state, or None when there is no checkpoint."""
+    def load(self, iterations: int | None = None) -> Saved | None:
+        """The saved state, or None when there is no checkpoint; ``DDBenchError`` (one line)
+        for a file that is not this distillation's: another key, a step outside
+        ``0..iterations`` (default: ``self.iterations``), a state that does not decode.
+        Whether the state fits the live one is the caller's check (``check_fits``)."""
         if not self.path.exists():
             return None
         tensors, meta = read(self.path)
         if meta.get("key") != self.key:
-            raise DDBenchError(f"{self.path} belongs to distillation {meta.get('key')!r}, not {self.key!r}; "
-                               f"delete it to start over")
+            raise DDBenchError(f"{self.path} belongs to distillation {meta.get('key')!r}, not {self.key!r}")
+        budget = self.iterations if iterations is None else iterations
         try:
             step = int(meta["step"])
-            wall, cpu = json.loads(meta["seconds"])
+            wall, cpu = (float(s) for s in json.loads(meta["seconds"]))
             state = unpack(tensors, meta["state"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise DDBenchError(f"{self.path} is not a ddbench checkpoint ({exc}); delete it to start over") from None
-        self.prior, self.resumed_from = (float(wall), float(cpu)), step
-        self._last_step = step
-        return Saved(step, state, float(wall), float(cpu))
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DDBenchError(f"{self.path} is not a ddbench checkpoint ({why})") from None
+        if step < 0 or (budget is not None and step > budget):
+            span = "a step >= 0" if budget is None else f"0..{budget}, the distillation's iterations"
+            raise DDBenchError(f"{self.path} is at iteration {step}, expected {span}")
+        if not (0 <= wall < float("inf") and 0 <= cpu < float("inf")):
+            raise DDBenchError(f"{self.path} records {wall}, {cpu} seconds spent; expected finite, >= 0")
+        return Saved(step, state, wall, cpu)
+
+    def adopt(self, saved: Saved) -> None:
+        """Continue from ``saved`` (once it fits): its clock and step become this run's."""
+        self.prior, self.resumed_from = (saved.seconds, saved.cpu_seconds), saved.step
+        self._last_step = saved.step
+
+    def set_aside(self) -> Path:
+        """Rename the checkpoint to ``NAME.rejected-<timestamp>`` beside it (kept for a look,
+        never resumed) and return the new path; ``DDBenchError`` when it cannot be moved."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.rejected-{stamp}")
+        n = 1
+        while target.exists() or target.is_symlink():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.rejected-{stamp}-{n}")
+        try:
+            os.replace(self.path, target)
+        except OSError as exc:
+            raise DDBenchError(f"cannot set aside {self.path} ({exc.strerror}); move it away to start over") from None
+        return target

@@ -155,9 +155,16 @@ class RunRow(Record):
     preset: str | None = None
     versions: str | None = None
     git_rev: str | None = None
-    status: str | None = None  # running, finished, interrupted
+    status: str | None = None  # one of RUN_STATUSES
     #: the fully resolved configuration (JSON; ``ddbench run --print-config``)
     config: str | None = None
+    #: the process that ran it (JSON: host, pid, ...; ``ddbench.storage.liveness``), so
+    #: that a run whose process was killed can be told from one still running
+    driver: str | None = None
+
+
+#: how a run ends: ``abandoned`` when its driver ended without saying (killed with -9)
+RUN_STATUSES = ("running", "finished", "interrupted", "abandoned")
 
 
 TABLES: tuple[type[Record], ...] = (RunRow, SynsetRow, ResultRow)

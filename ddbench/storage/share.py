@@ -3,52 +3,37 @@
 A reader of a paper, or a colleague, should be able to check and reuse a run without the
 store that made it: ``export_run`` writes its rows (as stored), the report's statistics,
 its synthetic sets as ``.safetensors`` that ``--methods file:`` evaluates anywhere (they
-declare their space), a card per set and a README. ``import_folder`` merges such a folder
-under the store's own rules: rows keep their keys, nothing stored is replaced or
-duplicated, and the whole folder is checked before anything is written.
+declare their space), a card per set and a README. ``import_folder``
+(``ddbench.storage.importing``, importable from here too) merges such a folder under the
+store's own rules and a fresh run's: rows keep their keys, every row, key, reference and
+file is checked first, a conflict with a stored row refuses the whole import, and nothing
+stored is replaced or duplicated.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ddbench.errors import DDBenchError
-from ddbench.storage.atomic import content_hash, temp_name
-from ddbench.storage.records import Record, ResultRow, RunRow, SynsetRow
+from ddbench.storage.atomic import content_hash
+from ddbench.storage.importing import FORMAT, Export, import_folder, read_folder
+from ddbench.storage.records import SynsetRow
 from ddbench.storage.store import Store
 from ddbench.version import __version__
 
-FORMAT = "ddbench-export/1"
-#: row keys are hex digests; anything else could name a path outside the folder
-KEY = re.compile(r"[0-9A-Za-z_-]{1,128}")
-_PY = {"TEXT": (str,), "INTEGER": (int,), "REAL": (int, float)}
-SET_FILES = ("safetensors", "png")
-
-
-@dataclass
-class Export:
-    """A folder's rows, checked."""
-
-    run: RunRow
-    cells: list[str]
-    results: list[ResultRow]
-    synsets: list[SynsetRow]
-    traces: dict[str, dict[str, list]]
-    files: dict[str, str]  # relative path -> sha256
+__all__ = ["Export", "FORMAT", "export_run", "import_folder", "read_folder"]
 
 
 # --------------------------------------------------------------------------- export
@@ -155,119 +140,3 @@ def _readme(exp: Export) -> str:
             "| set | method | dataset | IPC | seed |\n| --- | --- | --- | --- | --- |\n" + "\n".join(rows) +
             "\n\nMerge into a store: `ddbench import THIS_FOLDER --store PATH`; evaluate a set: "
             "`ddbench run --methods file:sets/KEY.safetensors --datasets DATASET`.\n")
-
-
-# --------------------------------------------------------------------------- import
-
-
-def read_folder(folder: Path) -> Export:
-    """The folder's rows, every field, key and file checked (one-line errors naming them)."""
-    folder = Path(folder)
-    path = folder / "results.json"
-    if not path.is_file():
-        raise DDBenchError(f"{path}: missing; {folder} is not a folder written by `ddbench export`")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DDBenchError(f"{path}: cannot be read as JSON ({exc})") from None
-
-    def bad(where: str, msg: str) -> DDBenchError:
-        return DDBenchError(f"{path}: {where}: {msg}")
-
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        found = doc.get("format") if isinstance(doc, dict) else None
-        raise bad("format", f"{found!r}; this ddbench reads {FORMAT!r}")
-    for name, kind in (("run", dict), ("cells", list), ("results", list), ("synsets", list),
-                       ("traces", dict), ("files", dict)):
-        if not isinstance(doc.get(name), kind):
-            raise bad(name, f"missing or not a JSON {'object' if kind is dict else 'array'}")
-    if not all(isinstance(k, str) for k in doc["cells"]):
-        raise bad("cells", "expected cell keys (strings)")
-    exp = Export(_record(RunRow, doc["run"], "run", bad), doc["cells"],
-                 [_record(ResultRow, r, f"results[{i}]", bad) for i, r in enumerate(doc["results"])],
-                 [_record(SynsetRow, s, f"synsets[{i}]", bad) for i, s in enumerate(doc["synsets"])],
-                 doc["traces"], doc["files"])
-    for key, series in exp.traces.items():
-        ok = isinstance(series, dict) and all(
-            isinstance(pts, list) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], int)
-                                          and isinstance(p[1], (int, float)) for p in pts)
-            for pts in series.values())
-        if not ok:
-            raise bad(f"traces[{key!r}]", "expected {series: [[step, value], ...]}")
-    names = {f"sets/{s.distill_key}.{ext}" for s in exp.synsets for ext in (*SET_FILES, "md")}
-    for rel, sha in exp.files.items():
-        if rel not in names:
-            raise bad(f"files[{rel!r}]", "not a file of a synthetic set listed under synsets")
-        if not (folder / rel).is_file():
-            raise DDBenchError(f"{folder / rel}: missing (listed in {path} files)")
-        if content_hash(folder / rel) != sha:
-            raise DDBenchError(f"{folder / rel}: sha256 differs from {path} files[{rel!r}] (damaged or changed)")
-        if rel.endswith(".safetensors"):
-            _check_set(folder / rel)
-    return exp
-
-
-def _record(cls: type[Record], value, where: str, bad) -> Record:
-    """A row from its JSON object: known columns typed as the store's (unknown ones, from a
-    newer ddbench, ignored as the store ignores them)."""
-    if not isinstance(value, dict):
-        raise bad(where, "expected a JSON object")
-    for col, sql in cls.sql_types().items():
-        v = value.get(col)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, _PY[sql])):
-            raise bad(f"{where}.{col}", f"expected {sql.lower()}, found {json.dumps(v)[:40]}")
-    if not KEY.fullmatch(value.get(cls.primary) or ""):
-        raise bad(f"{where}.{cls.primary}", f"{value.get(cls.primary)!r} is not a key")
-    return cls(**{c: value.get(c) for c in cls.columns()})
-
-
-def _check_set(path: Path) -> None:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            missing = {"images", "labels"} - set(f.keys())
-    except (SafetensorError, OSError) as exc:
-        raise DDBenchError(f"{path}: cannot be read ({exc})") from None
-    if missing:
-        raise DDBenchError(f"{path}: no {' or '.join(sorted(missing))} tensor")
-
-
-def import_folder(folder: Path, store_path: Path) -> tuple[int, int, int]:
-    """Merge an exported folder into the store at ``store_path``: returns (cells added, sets
-    added, cells skipped because stored). Nothing is written unless everything is valid;
-    files land under their final names by rename, and are removed if the rows cannot be."""
-    exp = read_folder(folder)
-    store = Store(store_path)
-    placed: list[Path] = []
-    try:
-        rows = []
-        for s in exp.synsets:
-            new = store.synset(s.distill_key) is None
-            names = {}
-            for ext in SET_FILES:
-                rel = f"sets/{s.distill_key}.{ext}"
-                target = store.artifacts_dir / f"{s.distill_key}.{ext}"
-                names[ext] = str(target.relative_to(store.path.parent)) if rel in exp.files else None
-                if new and names[ext]:
-                    _copy(Path(folder) / rel, target)
-                    placed.append(target)
-            rows.append(SynsetRow(**{**s.as_dict(), "artifact": names["safetensors"], "grid": names["png"]}))
-        added, skipped, sets = store.merge(exp.run, exp.cells, rows, exp.traces, exp.results)
-    except BaseException:
-        for p in placed:
-            p.unlink(missing_ok=True)
-        raise
-    finally:
-        store.close()
-    return added, sets, skipped
-
-
-def _copy(src: Path, target: Path) -> None:
-    tmp = temp_name(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise DDBenchError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -9,6 +9,17 @@ readable, their rows have NULL there.
 Only the driver process writes (executors' workers send their rows to it). Rows are keyed by content hashes, so re-running a
 command finds what is done: ``ok`` rows are skipped, ``failed`` rows are retried and
 replaced, nothing is duplicated, and an ``ok`` row is never overwritten.
+
+Writers (``run``, ``import``) open a path only once it is known to hold a ddbench store or
+nothing yet; readers (``report``, ``compare``, ``check``, ``export``, a dry run) open it
+read-only, so they work on read-only stores and never change one (no new columns, no WAL
+switch, no files beside it). What is refused, and why a 0-byte file may become a store
+but only for a writer: ``ddbench.storage.storefile``.
+
+A run records its driver process (``RunRow.driver``); a run left ``running`` by a driver
+that has surely ended (killed with -9, say; ``ddbench.storage.liveness`` says when that is
+sure) is marked ``abandoned`` when a writer next opens the store, and read so by readers.
+Run ids are matched literally: an id or a unique prefix of one, no patterns.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import time
 from pathlib import Path
 
 from ddbench.errors import DDBenchError
+from ddbench.storage import liveness, storefile
 from ddbench.storage.records import TABLES, Record, ResultRow, RunRow, SynsetRow
 
 #: tables that are not records: which cells each run planned, and the scalar series
@@ -48,33 +60,34 @@ def schema() -> str:
 
 
 def check_writable(path: Path) -> None:
-    """Fail early (before any work) when the store cannot be created or written.
+    """Fail early (before any work) when ``path`` holds something that is not a ddbench
+    store (``storefile.inspect``), or when the store cannot be created or written: the
+    file itself, and its folder, where SQLite keeps the ``-wal`` and ``-shm`` files.
 
-    Probes by creating (and removing) a file in the deepest existing folder: permission
-    bits alone say nothing for root or on a read-only file system.
+    Probes by opening the file for appending (nothing written) and by creating (and
+    removing) a file in the deepest existing folder: permission bits alone say nothing
+    for root or on a read-only file system.
     """
     path = Path(path)
     bad = f"store {str(path)!r} is not writable; choose another with --store"
-    if path.is_dir():
-        raise DDBenchError(f"store {str(path)!r} is a directory; --store takes a file path")
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise DDBenchError(f"{bad} ({str(probe)!r} is not a folder)")
+    storefile.inspect(path, write=True)
     if path.exists():
         try:
             with open(path, "ab"):
                 pass
         except OSError as exc:
             raise DDBenchError(f"{bad} ({exc.strerror})") from None
-        return
+    probe = path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DDBenchError(f"{bad} ({str(probe)!r} is not a folder)")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".ddbench-probe-", dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise DDBenchError(f"{bad} ({exc.strerror})") from None
+        raise DDBenchError(f"{bad} (cannot create files in {str(probe)!r}: {exc.strerror})") from None
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -90,19 +103,58 @@ def migrate(db: sqlite3.Connection) -> None:
                 db.execute(statement)
 
 
+def stored_cells(path: Path, keys) -> set[str]:
+    """Keys among ``keys`` with an ``ok`` row at ``path``, read without writing (a dry run):
+    none where nothing is stored yet; refused where a run would refuse the path."""
+    if storefile.inspect(Path(path), write=True) != storefile.STORE:
+        return set()
+    store = Store(path, readonly=True)
+    try:
+        return store.done_cells(keys)
+    finally:
+        store.close()
+
+
 class Store:
-    def __init__(self, path: Path):
+    """The store at ``path``: created or brought up to date for writing, or with
+    ``readonly`` opened as it is (refused unless it holds a store)."""
+
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
+        #: runs this opening marked abandoned (their driver has ended)
+        self.abandoned: list[RunRow] = []
+        if readonly:
+            self.db, tables = storefile.open_reader(self.path)
+            self.tables = set(tables)
+            self.db.row_factory = sqlite3.Row
+            return
         check_writable(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(schema())
-            migrate(self.db)
         except sqlite3.DatabaseError as exc:
             raise DDBenchError(f"store {str(path)!r} cannot be used: {exc}") from None
         self.db.row_factory = sqlite3.Row
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(f"BEGIN;\n{schema()}\nCOMMIT;")  # a new store's tables all or none
+            migrate(self.db)
+            self.tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            self.abandoned = self._settle_runs()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise DDBenchError(f"store {str(path)!r} cannot be used: {exc}") from None
+
+    def _settle_runs(self) -> list[RunRow]:
+        """Mark ``abandoned`` the runs left ``running`` by a driver that has surely ended."""
+        running = [RunRow.from_sql(r) for r in self.db.execute(
+            "SELECT * FROM runs WHERE status='running' AND driver IS NOT NULL")]
+        dead = [dataclasses.replace(r, status="abandoned") for r in running if liveness.gone(r.driver)]
+        with self.db:
+            self.db.executemany("UPDATE runs SET status='abandoned' WHERE run_id=? AND status='running'",
+                                [(r.run_id,) for r in dead])
+        return dead
 
     @property
     def artifacts_dir(self) -> Path:
@@ -113,8 +165,10 @@ class Store:
 
     # ---------------------------------------------------------------- runs
     def start_run(self, run: RunRow) -> None:
+        """Store ``run`` as running, driven by this process."""
         with self.db:
-            self._insert(dataclasses.replace(run, started=time.time(), status="running"))
+            self._insert(dataclasses.replace(run, started=time.time(), status="running",
+                                             driver=liveness.this_process()))
 
     def add_run_cells(self, run_id: str, keys) -> None:
         """Remember every cell a run planned, computed or found stored, so that a report of
@@ -124,26 +178,35 @@ class Store:
                                 [(run_id, k) for k in keys])
 
     def run_ids(self, prefix: str) -> list[str]:
+        """Ids starting with ``prefix``, character for character (``%`` and ``_`` are no
+        patterns), oldest first."""
         return [r[0] for r in self.db.execute(
-            "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY started", (prefix + "%",))]
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY started", (len(prefix), prefix))]
 
     def resolve_run(self, prefix: str, what: str = "--run") -> str:
-        """The one run whose id starts with ``prefix``; else an error listing recent runs."""
+        """The run whose id is ``prefix`` or, failing that, the one run whose id starts with
+        it; else an error listing recent runs."""
         ids = self.run_ids(prefix)
-        if len(ids) != 1:
+        if prefix and prefix in ids:
+            return prefix
+        if len(ids) != 1 or not prefix.strip():
             known = ", ".join(self.run_ids("")[-5:]) or "none"
             found = "no run" if not ids else f"{len(ids)} runs"
             raise DDBenchError(f"{what} {prefix!r} matches {found}; recent runs: {known}")
         return ids[0]
 
     def runs(self, run_ids) -> list[RunRow]:
+        """The runs' rows; a reader sees a run left running by an ended driver as abandoned."""
         ids = sorted(set(run_ids))
-        return [RunRow.from_sql(r) for r in self.db.execute(
+        rows = [RunRow.from_sql(r) for r in self.db.execute(
             f"SELECT * FROM runs WHERE run_id IN ({','.join('?' * len(ids))}) ORDER BY started", ids)]
+        return [dataclasses.replace(r, status="abandoned")
+                if self.readonly and r.status == "running" and liveness.gone(r.driver) else r for r in rows]
 
     def run_cell_keys(self, run_id: str) -> list[str]:
         """The run's planned cells; rows it computed itself for runs older than run_cells."""
-        keys = [r[0] for r in self.db.execute("SELECT cell_key FROM run_cells WHERE run_id=?", (run_id,))]
+        keys = [] if "run_cells" not in self.tables else [
+            r[0] for r in self.db.execute("SELECT cell_key FROM run_cells WHERE run_id=?", (run_id,))]
         return keys or [r[0] for r in self.db.execute(
             "SELECT cell_key FROM results WHERE run_id=?", (run_id,))]
 
@@ -213,6 +276,8 @@ class Store:
     def trace(self, distill_key: str) -> dict[str, list[tuple[int, float]]]:
         """The series recorded while ``distill_key`` was distilled: name -> [(step, value)]."""
         out: dict[str, list[tuple[int, float]]] = {}
+        if "traces" not in self.tables:  # a reader of a store older than traces
+            return out
         rows = self.db.execute(
             "SELECT series, step, value FROM traces WHERE distill_key=? ORDER BY series, step", (distill_key,))
         for name, step, value in rows:

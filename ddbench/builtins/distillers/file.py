@@ -3,7 +3,9 @@
 Researchers compare against sets that their authors released (MTT's and DATM's
 ``images_best.pt``/``labels_best.pt``/``lr_best.pt``, SRe2L/RDED image folders, ...).
 ``--methods file:PATH`` puts such a set in the cross-product beside ddbench's own methods,
-with the same protocol, seeds and statistics. Formats and rules: ``ddbench.data.released``.
+with the same protocol, seeds and statistics. Formats and rules: ``ddbench.data.released``;
+the images' space: ``ddbench.data.spaces``. A learned lr in the file replaces ``eval.lr``, so
+planning refuses an explicit ``--set eval.lr`` beside one (``ddbench.plan.prepare``).
 
 The result is keyed by the file's content hash, not its path: a re-run is cached, a
 changed file is a new result, a moved file is the same one. The set is planned at its own
@@ -44,9 +46,10 @@ def read_cached(path: Path) -> tuple[str, ExternalSet]:
 class FileParams:
     #: the file or folder (the spec's argument); where it is, not what it is: no key
     path: str = ""
-    #: the images' space: "pixel" ([0, 1]), "normalized" (the dataset's), or "auto"
-    #: (``ddbench.data.released``: pixel when every value is in [0, 1]; printed at planning)
-    space: Literal["auto", "pixel", "normalized"] = "auto"
+    #: the images' space: "pixel" ([0, 1]), "normalized" (the dataset's mean/std), "zca" (whitened
+    #: as the zca condition does), or "auto": what the file says, else its values where they are
+    #: unambiguous, else an error asking for this (``ddbench.data.spaces``; printed at planning)
+    space: Literal["auto", "pixel", "normalized", "zca"] = "auto"
     #: sha256 of the content, filled at planning: what keys the result
     sha256: str = ""
 
@@ -82,7 +85,8 @@ class ExternalFile(Distiller):
     def own_ipc(cls, arg: str) -> int | None:
         _, ext = read_cached(_existing(arg))
         labels = ext.labels if ext.labels is not None else ext.soft.argmax(1)
-        return int(labels.bincount().max()) if len(labels) else 1
+        # counts of the values present: labels are checked against the classes later, by fit
+        return int(labels.unique(return_counts=True)[1].max()) if len(labels) else 1
 
     def gives_soft_labels(self) -> bool:
         return read_cached(Path(self.params.path))[1].soft is not None

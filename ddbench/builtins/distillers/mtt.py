@@ -187,6 +187,7 @@ class MTT(Distiller):
 
     name = "mtt"
     paper_protocol = "mtt"
+    learns_lr = True
 
     @dataclass
     class Params:

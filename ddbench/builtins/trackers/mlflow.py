@@ -22,9 +22,15 @@ from ddbench.builtins.trackers.common import (
     table,
     trace_metrics,
 )
+from ddbench.errors import DDBenchError
 
 #: MLflow's limits on one ``log_batch`` call
 MAX_METRICS, MAX_PARAMS = 1000, 100
+#: tracking URI schemes MLflow serves (a bare word would become a local folder of that name)
+SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+#: a tracking server gets this long per request and no retries (MLflow's own default is
+#: 120 s and 7 retries, minutes of a stalled run): one failure is one warning, the run goes on
+HTTP_TIMEOUT_S = 10
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
@@ -60,7 +66,18 @@ class MLflowTracker(Tracker):
         self.run_id: str | None = None
         self.rows = []
 
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        parsed = urlparse(uri)
+        scheme = parsed.scheme.split("+")[0]
+        if scheme not in SCHEMES or (scheme in ("http", "https") and not parsed.netloc):
+            raise DDBenchError(f"--track-uri {uri!r} is not an MLflow tracking URI; expected one of the schemes "
+                               f"{', '.join(SCHEMES)} (e.g. http://host:5000, file:///path/mlruns)")
+
     def start(self, run, config) -> None:
+        if urlparse(self.uri).scheme in ("http", "https"):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         if urlparse(self.uri).scheme in ("", "file"):
             # MLflow 3 puts its file store behind an opt-in; it is the documented default here
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
