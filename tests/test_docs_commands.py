@@ -60,10 +60,12 @@ PLACEHOLDERS: dict[str, str | None] = {
 #: baselines), linked into the temporary working directory
 REPO_PATHS = ["sweeps", "results/baselines"]
 
-#: the one error a dry run may stop at: data or a released set that is not on this machine
+#: the errors a dry run may stop at: data or a released set that is not on this machine, or an
+#: optional extra (ray, submitit, mlflow, wandb) that is not installed where the tests run
 MISSING_DATA = re.compile(
     r"^dataset '[^']+': (no files in .*put them there or pass --download|folder .* does not exist)"
     r"|^method 'file:[^']+': \S+ does not exist$"
+    r"|^(executor|tracker) '[^']+' needs the .* package.*pip install 'ddbench\[\w+\]'$"
 )
 
 FENCE = re.compile(r"^\s*(```|~~~)")
