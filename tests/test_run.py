@@ -308,3 +308,23 @@ def test_dataset_settings_are_stored_apart_and_never_pooled(ddb, tmp_path):
     res = ddb("report", "--store", str(store), "--datasets", spec, "--format", "json")
     assert res.code == 0 and res.out.count(f"{spec}[size=8]") >= 1  # the plain spec selects its settings too
     assert sorted({c["dataset"] for c in json.loads(res.out)["cells"]}) == [spec, f"{spec}[size=8]"]
+
+
+def test_the_image_grid_lays_classes_side_by_side(tmp_path):
+    """As the papers show a set: one column per class, its images down the column; IPC 1 is
+    one row of ten classes, not a strip one image wide."""
+    import torch
+    from PIL import Image
+
+    from ddbench.storage.artifacts import save_grid
+    from ddbench.synthetic import SyntheticSet
+
+    for ipc in (1, 3):
+        labels = torch.arange(10 * ipc) % 10
+        images = labels.float().view(-1, 1, 1, 1).expand(-1, 1, 8, 8) / 9  # class c: grey level c/9
+        save_grid(tmp_path / f"g{ipc}.png", SyntheticSet(images=images.clone(), labels=labels), 10, lambda t: t)
+        grid = Image.open(tmp_path / f"g{ipc}.png").convert("L")
+        cell = 32 + 2  # 8x8 shown 4x larger, 2 px padding
+        assert grid.size == (10 * cell + 2, ipc * cell + 2)
+        for c in range(10):  # the centre of each column's first image has its class's grey level
+            assert abs(grid.getpixel((2 + c * cell + 16, 2 + 16)) - round(255 * c / 9)) <= 1

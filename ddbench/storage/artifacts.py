@@ -64,8 +64,9 @@ def load_synset(path: Path) -> SyntheticSet:
 
 
 def save_grid(path: Path, synset: SyntheticSet, num_classes: int, denormalize) -> None:
-    """One row per class (up to 10 images each), un-normalised to pixel space by
-    ``denormalize`` (the dataset's ``DataBundle.denormalize``)."""
+    """One column per class, side by side as the papers show a set (up to 10 images down
+    each, so IPC 1 is one row of classes, not a strip one image wide), un-normalised to pixel
+    space by ``denormalize`` (the dataset's ``DataBundle.denormalize``)."""
     rows = []
     per_row = 0
     for c in range(min(num_classes, GRID_MAX_CLASSES)):
@@ -76,16 +77,17 @@ def save_grid(path: Path, synset: SyntheticSet, num_classes: int, denormalize) -
         return
     image_size = tuple(synset.images.shape[2:])
     blank = torch.zeros(1, synset.images.shape[1], *image_size)
-    images = []
+    columns = []
     for idx in rows:
         x = denormalize(synset.images[idx].detach().float().cpu())
         pad = blank.expand(per_row - len(x), -1, -1, -1)
-        images.append(torch.cat([x, pad]))
-    grid = torch.cat(images)
+        columns.append(torch.cat([x, pad]))
+    # row-major for save_image: image i of every class, then image i + 1
+    grid = torch.stack(columns, dim=1).flatten(0, 1)
     scale = max(1, 32 // max(image_size))  # 8x8 digits are shown 4x larger
     if scale > 1:
         grid = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="nearest")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    save_image(grid, str(tmp), nrow=per_row, padding=2, pad_value=1.0)
+    save_image(grid, str(tmp), nrow=len(columns), padding=2, pad_value=1.0)
     os.replace(tmp, path)
