@@ -238,3 +238,18 @@ def test_plots_are_written_with_an_index(store, tmp_path):
     index = (out / "index.md").read_text()
     assert all(f"({f.name}.png)" in index for f in figs)
     assert "<img src='accuracy_vs_ipc.png'" in (out / "index.html").read_text()
+
+
+def test_cost_axes_start_at_zero(tmp_path, monkeypatch):
+    """Peak memory that varies by 0.07 MB is flat, not a trend: cost axes start at zero."""
+    from ddbench.analysis import plots
+
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name, tight=False: kept.append(fig))
+    rows = [SynsetRow(f"k{ipc}{seed}", method="dm", dataset="digits", ipc=ipc, seed=seed, status="ok",
+                      seconds_per_iter=0.4 + 0.001 * seed, peak_mem_mb=930.0 + 0.03 * seed, device="cpu",
+                      num_classes=10) for ipc in (1, 10) for seed in range(3)]
+    assert plots.cost(rows, tmp_path, "cost") is not None
+    for ax in kept[0].axes:
+        low, high = ax.get_ylim()
+        assert low == 0 and high > max(line.get_ydata().max() for line in ax.get_lines())

@@ -198,6 +198,8 @@ def cost(synsets: list[SynsetRow], out: Path, name: str) -> Figure | None:
         ipcs = sorted({i for m in by.values() for i in m})
         for ax, ylabel in ((ax_t, "seconds / iteration"), (ax_m, "peak memory (MB)")):
             _finish(ax, ipcs, title=f"{ds} — {devices}", xlabel="images per class", ylabel=ylabel)
+            # costs from zero: an axis spanning 0.07 MB would make a process's noise look like a trend
+            ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-9))
     _save(fig, out, name)
     return Figure(name, "Distillation cost", "seconds per iteration (mean over seeds) and peak memory "
                   "(max over seeds) by IPC; one row per dataset (its number of classes fixes the rest)")
@@ -237,7 +239,7 @@ def image_grids(store: Store, table: Table, out: Path) -> list[Figure]:
             stem = "grid_" + re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{m}_{cell.dataset_label}_ipc{cell.ipc}")
             shutil.copyfile(src, out / f"{stem}.png")
             figs.append(Figure(stem, f"Synthetic images: {m}, {cell.dataset_label}, IPC {cell.ipc}",
-                               f"seed {s.seeds[0]}; one row per class, shown un-whitened"))
+                               f"seed {s.seeds[0]}; one column per class, shown un-whitened"))
     return figs
 
 
