@@ -74,6 +74,8 @@ CASES = [
     (["--ipc", "99999999999999999999999"], ["ipc", "99999999999999999999999", "64-bit"]),
     (["--set", "dm.iterations=99999999999999999999999"], ["dm.iterations", "99999999999999999999999", "64-bit"]),
     (["--set", "dm.batch_real=1e300"], ["dm.batch_real", "64-bit"]),
+    (["--store", ""], ["--store is empty"]),
+    (["--store", "  "], ["--store is empty"]),
     # trackers
     (["--track", ",,"], ["--track", "empty"]),
     (["--track", "mlflow,"], ["--track", "empty item"]),

@@ -79,6 +79,8 @@ def run_cmd(ctx, **params):
     succeeded is stored; the failures are listed), 2 for bad input (nothing written)."""
     reg = registry()
     p = _with_config(ctx, params, reg)
+    if not str(p["store"]).strip():
+        raise DDBenchError("--store is empty; give the path of a ddbench result store")
     enable_trackers(reg, p["track"], p["store"], p["track_uri"])
     lists = {name: parse(p[name]) for name, parse in LISTS.items()}
     options = RunOptions(
