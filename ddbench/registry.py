@@ -28,7 +28,7 @@ KINDS = ("distillers", "objectives", "mi_estimators", "models", "datasets", "exe
          "trackers")
 #: kinds whose components take ``--set NAME.PARAM=V`` (protocols are set through ``eval``;
 #: trackers through ``--track`` and ``--track-uri``)
-PARAM_KINDS = KINDS[:6]
+PARAM_KINDS = tuple(k for k in KINDS if k not in ("protocols", "trackers"))
 
 #: kind -> singular noun for messages
 NOUN = {
@@ -147,6 +147,11 @@ class Registry:
         need to label stored variants (``ddbench.analysis.results.group``)."""
         return {e.name: dict(getattr(e.cls, "late_params", {}))
                 for kind in ("distillers", "objectives") for e in self.entries(kind)}
+
+    def protocol_specs(self) -> dict[str, type]:
+        """stored name (``dsa-eval``) -> registered ``ProtocolSpec`` class: what reports judge
+        a stored protocol against (``ddbench.analysis.protocols``)."""
+        return {e.cls.stored_name: e.cls for e in self.entries("protocols")}
 
     def create(self, kind: str, name: str, **params):
         """An instance of the ``kind`` component ``name`` with ``params`` over its declared

@@ -31,6 +31,7 @@ from ddbench.runtime.allocator import tune_allocator
 from ddbench.runtime.cost import device_name
 from ddbench.runtime.progress import Progress
 from ddbench.storage import artifacts, checkpoint
+from ddbench.storage.atomic import deepest_existing, probe_writable
 from ddbench.storage.liveness import describe
 from ddbench.storage.records import ResultRow, RunRow, SynsetRow
 from ddbench.storage.store import Store, check_writable
@@ -170,21 +171,13 @@ def check_folders(store: Path) -> None:
     the store (``FOLDERS``) is taken by a file or cannot be written: otherwise the first
     distillation to finish (``random``'s included) ends in a traceback. Probes with a file
     created and removed at once; a missing folder is probed where it will be created."""
-    import os
-    import tempfile
-
     for name, holds in FOLDERS.items():
         folder = Path(store).parent / name
         if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
             raise DDBenchError(f"{str(folder)!r} is not a folder; ddbench keeps its {holds} there, beside the store: "
                                f"move it away or choose another --store")
-        probe = folder
-        while not probe.exists():
-            probe = probe.parent
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".ddbench-probe-", dir=probe)
-            os.close(fd)
-            os.unlink(tmp)
+            probe_writable(deepest_existing(folder))
         except OSError as exc:
             raise DDBenchError(f"cannot write {holds} in {str(folder)!r} ({exc.strerror}): make it writable "
                                f"or choose another --store") from None

@@ -22,8 +22,9 @@ Deviations = dict[str, tuple] | None
 
 
 def registered() -> Specs:
-    """The protocols registered here (built-ins and installed plugins) by stored name."""
-    return {e.cls.stored_name: e.cls for e in load_registry().entries("protocols")}
+    """The protocols registered here (built-ins and installed plugins) by stored name, for
+    callers that hold no registry (a caller that does passes ``Registry.protocol_specs()``)."""
+    return load_registry().protocol_specs()
 
 
 def component(label: str | None) -> str:

@@ -394,6 +394,6 @@ def compare_text(an: Analysis, a: str, b: str) -> str:
     return text + "\n\n" + "\n".join(foot)
 
 
-def run_statistics(store, run_id: str, late: LateParams) -> dict:
+def run_statistics(store, run_id: str, late: LateParams, specs=None) -> dict:
     """The report of one run as the JSON ``--format json`` prints (what an export carries)."""
-    return json.loads(render_json(analyse(group(load_rows(store, Filters(run=run_id)), late))))
+    return json.loads(render_json(analyse(group(load_rows(store, Filters(run=run_id)), late, specs=specs))))

@@ -17,9 +17,9 @@ from ddbench.plan import split_list
 from ddbench.storage.store import Store
 
 
-def _analysis(store: Store, filters: results.Filters, late: results.LateParams, against=None, exact=None,
+def _analysis(store: Store, filters: results.Filters, reg, against=None, exact=None,
               weights: tuple[float, float] = (0.5, 0.5)):
-    tables = results.group(results.load_rows(store, filters), late)
+    tables = results.group(results.load_rows(store, filters), reg.late_params(), specs=reg.protocol_specs())
     known = sorted({m for t in tables for m in t.methods})
     for what, m in [("method", m) for m in exact or []] + ([("--against", against)] if against else []):
         if m not in known:
@@ -94,8 +94,9 @@ def report_cmd(store, run_id, datasets, methods, ipc, models, conditions, fmt, o
     """Tables and significance tests rebuilt from the store, filtered."""
     st = _open_store(store)
     try:
-        late = registry().late_params()
-        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions), late, against=against,
+        reg = registry()
+        late = reg.late_params()
+        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions), reg, against=against,
                        weights=(lrs_weight, ars_weight))
         text = report.RENDERERS[fmt](an)
         if fmt == "text":
@@ -124,7 +125,7 @@ def compare_cmd(method_a, method_b, store, run_id, datasets, methods, ipc, model
     report shows them, e.g. 'dm+mim[lambda=0.4]')."""
     st = _open_store(store)
     try:
-        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions), registry().late_params(),
+        an = _analysis(st, _filters(run_id, datasets, methods, ipc, models, conditions), registry(),
                        exact=[method_a, method_b])
     finally:
         st.close()
@@ -165,7 +166,8 @@ def check_cmd(baseline, store, run_id, datasets, methods, ipc, models, condition
     try:
         filters = _filters(run_id, datasets, methods, ipc, models, conditions)
         rows = _renamed(results.load_rows(st, filters), aliases)
-        tables = results.group(rows, registry().late_params())
+        reg = registry()
+        tables = results.group(rows, reg.late_params(), specs=reg.protocol_specs())
         if update:
             old = baselines.load(path) if path.exists() else None
             runs = st.runs({r.run_id for r in rows})

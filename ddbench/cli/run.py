@@ -102,7 +102,8 @@ def run_cmd(ctx, **params):
     argv = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
     summary = run(options, reg, command=shlex.join(["ddbench", *argv]))
     late = reg.late_params()
-    analysis = report.analyse(results.group(summary.rows, late, list(dict.fromkeys(j.label for j in summary.jobs))))
+    analysis = report.analyse(results.group(summary.rows, late, list(dict.fromkeys(j.label for j in summary.jobs)),
+                                            specs=reg.protocol_specs()))
     click.echo(report.render_text(analysis))
     click.echo("\n" + report.significance_summary(analysis))
     cost = cost_table(summary.synsets, late)

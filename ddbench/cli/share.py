@@ -23,8 +23,9 @@ def export_cmd(run_id, folder, store):
     synthetic sets as .safetensors with image grids and cards, and a README."""
     st = _open_store(store)
     try:
-        late = registry().late_params()
-        exp = share.export_run(st, run_id, Path(folder), lambda rid: report.run_statistics(st, rid, late))
+        reg = registry()
+        late, specs = reg.late_params(), reg.protocol_specs()
+        exp = share.export_run(st, run_id, Path(folder), lambda rid: report.run_statistics(st, rid, late, specs))
     finally:
         st.close()
     files = sum(name.endswith(".safetensors") for name in exp.files)

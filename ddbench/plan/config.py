@@ -72,24 +72,20 @@ def read(path: Path) -> dict:
                            f"{exc.start})") from None
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise DDBenchError(f"config {path}: not valid TOML: {_one_line(exc)}") from None
-        except RecursionError:
-            raise DDBenchError(f"config {path}: nested deeper than {MAX_DEPTH} levels") from None
+        fmt, parse, invalid = "TOML", tomllib.loads, tomllib.TOMLDecodeError
     elif suffix in (".yaml", ".yml"):
         import yaml
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise DDBenchError(f"config {path}: not valid YAML: {_one_line(exc)}") from None
-        except RecursionError:
-            raise DDBenchError(f"config {path}: nested deeper than {MAX_DEPTH} levels") from None
+        fmt, parse, invalid = "YAML", yaml.safe_load, yaml.YAMLError
     else:
         raise DDBenchError(f"config {str(path)!r}: unknown format {suffix or '(no suffix)'!r}; "
                            "valid: .yaml, .yml, .toml")
+    try:
+        data = parse(text)
+    except invalid as exc:
+        raise DDBenchError(f"config {path}: not valid {fmt}: {_one_line(exc)}") from None
+    except RecursionError:
+        raise DDBenchError(f"config {path}: nested deeper than {MAX_DEPTH} levels") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

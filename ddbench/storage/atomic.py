@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from ddbench.errors import DDBenchError
@@ -71,3 +72,20 @@ def _feed(h, path: Path) -> None:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+
+
+def deepest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a file under it would be created."""
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def probe_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``; ``OSError`` when that fails. Permission bits
+    alone say nothing for root or on a read-only file system, so a writer checks this way
+    before any work."""
+    fd, tmp = tempfile.mkstemp(prefix=".ddbench-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)

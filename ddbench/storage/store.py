@@ -25,14 +25,13 @@ Run ids are matched literally: an id or a unique prefix of one, no patterns.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
 from ddbench.errors import DDBenchError
 from ddbench.storage import liveness, storefile
+from ddbench.storage.atomic import deepest_existing, probe_writable
 from ddbench.storage.records import TABLES, Record, ResultRow, RunRow, SynsetRow
 
 #: tables that are not records: which cells each run planned, and the scalar series
@@ -77,15 +76,11 @@ def check_writable(path: Path) -> None:
                 pass
         except OSError as exc:
             raise DDBenchError(f"{bad} ({exc.strerror})") from None
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
+    probe = deepest_existing(path.parent)
     if not probe.is_dir():
         raise DDBenchError(f"{bad} ({str(probe)!r} is not a folder)")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".ddbench-probe-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
+        probe_writable(probe)
     except OSError as exc:
         raise DDBenchError(f"{bad} (cannot create files in {str(probe)!r}: {exc.strerror})") from None
 
